@@ -1,0 +1,5 @@
+"""Datasets: every loader yields `Sample` objects."""
+
+from .sample import Sample
+
+__all__ = ["Sample"]
