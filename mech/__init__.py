@@ -1,0 +1,22 @@
+"""mech: where does vision meet language in a LLaVA model?
+
+The public API: `load` a model, `Model.prepare` a batch, and inside
+``model.trace(batch)`` / ``model.generate(batch)`` `apply` interventions —
+`ZeroImage`, `ScaleImage`, `Knockout`, `CaptureImageAttention`, `ContrastiveMask`.
+"""
+
+import nnsight as _nnsight
+
+from . import attention, contrastive, datasets
+from .batch import Batch
+from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention, Knockout,
+                            ScaleImage, ZeroImage, apply, default_review_layer)
+from .model import Model, load
+
+# Intervention code runs inside traces; on an NDIF server mech is not installed, so
+# ship its source with each request.
+_nnsight.register(__name__)
+
+__all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
+           "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
+           "attention", "contrastive", "datasets"]

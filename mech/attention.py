@@ -1,0 +1,88 @@
+"""Image attention A(i): how the query token attends to the image tokens at layer i.
+
+Under SDPA the attention matrix is never formed, so A(i) is recomputed from the
+layer's own query/key projections: one query row per head against all keys, i.e.
+``O(heads * seq * head_dim)`` work and memory, never ``seq x seq``. Reading the
+weights of an eager layer (``output_attentions``) is the checked fallback.
+
+Reductions: the attention row of each head is a softmax over *all* keys; the image
+slice is reduced over heads (``"mean"``, ``"max"``, or ``"none"`` to keep heads) and
+then renormalised to sum 1 over the row's image tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batch import gather_image
+
+HEAD_REDUCTIONS = ("mean", "max", "none")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama/Mistral rotary embedding (rotate-half convention).
+
+    Args:
+        x: ``[batch, heads, seq, head_dim]``.
+        cos, sin: ``[batch, seq, head_dim]`` as the rotary module returns them.
+    """
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor, key_padding: torch.Tensor, *, head_dim: int,
+                        scaling: float, position: int = -1) -> torch.Tensor:
+    """Attention of one query position to every key, per head, from projections.
+
+    Args:
+        query: ``q_proj`` output ``[batch, seq, heads * head_dim]``.
+        key: ``k_proj`` output ``[batch, seq, kv_heads * head_dim]``.
+        cos, sin: rotary embeddings ``[batch, seq, head_dim]``.
+        key_padding: ``[batch, seq]`` attention mask (1 = real token).
+        position: query position (``-1``: the last prompt token; with left padding it is
+            the last position of every row). Keys after it are causally masked.
+    Returns:
+        ``[batch, heads, seq]`` float32 softmax weights (rows sum to 1).
+    """
+    batch, seq, _ = query.shape
+    position = position % seq
+    q = query.view(batch, seq, -1, head_dim).transpose(1, 2)[:, :, position:position + 1]
+    k = key.view(batch, seq, -1, head_dim).transpose(1, 2)
+    q = apply_rope(q.float(), cos[:, position:position + 1].float(), sin[:, position:position + 1].float())
+    k = apply_rope(k.float(), cos.float(), sin.float())
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # grouped-query attention: kv head per group
+    scores = (q @ k.transpose(-1, -2)).squeeze(-2) * scaling  # [batch, heads, seq]
+    allowed = key_padding.bool().clone()
+    allowed[:, position + 1:] = False
+    scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
+    return scores.softmax(-1)
+
+
+def image_attention(row: torch.Tensor, image_index: torch.Tensor, image_valid: torch.Tensor,
+                    heads: str = "mean") -> torch.Tensor:
+    """Reduce a per-head attention row to the image-attention distribution A.
+
+    Args:
+        row: ``[batch, heads, seq]`` attention of the query token to every key.
+        image_index, image_valid: the batch's image layout ``[batch, n_image]``.
+        heads: ``"mean"`` or ``"max"`` over heads, or ``"none"`` to keep them.
+    Returns:
+        ``[batch, n_image]`` (``[batch, heads, n_image]`` for ``"none"``), summing to 1 over
+        each row's valid image tokens, 0 on padded slots.
+    """
+    if heads not in HEAD_REDUCTIONS:
+        raise ValueError(f"heads={heads!r}; choose one of {HEAD_REDUCTIONS}")
+    on_image = gather_image(row.float(), image_index)  # [batch, heads, n_image]
+    on_image = on_image * image_valid[:, None, :]
+    if heads == "mean":
+        on_image = on_image.mean(1)
+    elif heads == "max":
+        on_image = on_image.amax(1)
+    total = on_image.sum(-1, keepdim=True)
+    return on_image / total.clamp_min(torch.finfo(on_image.dtype).tiny)

@@ -1,0 +1,276 @@
+"""Load a LLaVA model into nnsight and know its family.
+
+``mech.load`` returns a `Model`: the nnsight ``TransformersModel`` (``model.nn``), the
+family adapter (decoder layers, prompt template, processor), and ``prepare`` /
+``trace`` / ``generate`` that take a `Batch`, so user code reads like the forward::
+
+    model = mech.load("tiny")
+    batch = model.prepare(samples)
+    with model.trace(batch):
+        mech.ZeroImage(layer=3).apply(model, batch)
+        logits = model.logits.save()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .batch import Batch
+
+IMAGE_TOKEN = "<image>"
+TINY_PATH = Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"
+
+TEMPLATES = {
+    "vicuna": "USER: <image>\n{question} ASSISTANT:",
+    "mistral": "[INST] <image>\n{question} [/INST]",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between supported architectures."""
+
+    name: str          # "llava-1.5" or "llava-next"
+    architecture: str  # transformers class name
+
+
+FAMILIES = {
+    "LlavaForConditionalGeneration": Family("llava-1.5", "LlavaForConditionalGeneration"),
+    "LlavaNextForConditionalGeneration": Family("llava-next", "LlavaNextForConditionalGeneration"),
+}
+
+
+def family_of(module: torch.nn.Module) -> Family:
+    name = type(module).__name__
+    if name not in FAMILIES:
+        raise ValueError(
+            f"unsupported architecture {name}; mech supports "
+            + ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
+        )
+    return FAMILIES[name]
+
+
+def default_template(config) -> str:
+    """LLaVA-1.5 and vicuna NeXT use the vicuna template; mistral NeXT uses [INST]."""
+    text_type = getattr(getattr(config, "text_config", None), "model_type", "llama")
+    return TEMPLATES["mistral" if text_type == "mistral" else "vicuna"]
+
+
+class Model:
+    """A LLaVA model traced by nnsight.
+
+    Attributes:
+        nn: the ``nnsight.TransformersModel``; ``model.nn.model.language_model.layers[i]``
+            is decoder layer ``i``.
+        family: `Family` (``family.name`` is ``"llava-1.5"`` or ``"llava-next"``).
+        template: prompt template with ``{question}`` and one ``<image>``.
+        processor: the Hugging Face processor (may be None for a structure-only model).
+        source: what was loaded (hub id, path, "tiny" or a description).
+        revision: hub revision, when one was given.
+    """
+
+    def __init__(self, nn, *, template: str | None = None, source: str = "", revision: str | None = None):
+        self.nn = nn
+        self.family = family_of(nn._module)
+        self.config = nn._module.config
+        self.template = template or default_template(self.config)
+        if self.template.count(IMAGE_TOKEN) != 1 or "{question}" not in self.template:
+            raise ValueError(
+                f"template {self.template!r} must contain exactly one {IMAGE_TOKEN} and '{{question}}'"
+            )
+        self.processor = nn.processor
+        if self.processor is not None:
+            self.processor.tokenizer.padding_side = "left"  # last prompt token at -1 in every row
+        self.source = source
+        self.revision = revision
+
+    # -- structure -----------------------------------------------------------
+
+    @property
+    def layers(self):
+        """Envoys of the decoder layers, in order."""
+        return self.nn.model.language_model.layers
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.text_config.num_hidden_layers
+
+    @property
+    def layer_path(self) -> str:
+        """Dotted module path of the decoder layer list."""
+        return "model.language_model.layers"
+
+    @property
+    def image_token_id(self) -> int:
+        return self.config.image_token_id
+
+    @property
+    def logits(self):
+        """Envoy value of the output logits ``[batch, seq, vocab]`` inside a trace."""
+        return self.nn.output.logits
+
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        """Return ``layer`` if it is a valid 0-based decoder layer, else raise ValueError."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ValueError(
+                f"{what} {layer!r} is out of range: valid decoder layers are 0..{self.n_layers - 1} "
+                f"(0-based, {self.n_layers} layers)"
+            )
+        return layer
+
+    def image_tokens(self, height: int | None = None, width: int | None = None) -> int:
+        """Number of ``<image>`` tokens one image of ``height x width`` pixels becomes.
+
+        LLaVA-1.5 resizes every image to the tower's square input, so the size is ignored;
+        LLaVA-NeXT depends on it (anyres tiles plus newline tokens) and needs the processor.
+        """
+        vision = self.config.vision_config
+        if self.family.name == "llava-1.5":
+            n = (vision.image_size // vision.patch_size) ** 2
+            strategy = self.config.vision_feature_select_strategy
+            return n if strategy == "default" else n + 1  # "full" keeps the CLS token
+        if self.processor is None or height is None or width is None:
+            raise ValueError("LLaVA-NeXT image-token counts depend on the image size and need the "
+                             "processor: pass height and width of a model loaded with its processor")
+        return int(self.processor._get_number_of_features(height, width, *self._tile_size()))
+
+    def _tile_size(self):
+        crop = self.processor.image_processor.crop_size
+        return crop["height"], crop["width"]
+
+    # -- inputs --------------------------------------------------------------
+
+    def prompt(self, question: str) -> str:
+        """The family's chat prompt around ``question`` (one ``<image>``)."""
+        return self.template.format(question=question)
+
+    def prepare(self, samples: Sequence | None = None, *, questions: Sequence[str] | None = None,
+                images: Sequence | None = None, prompts: Sequence[str] | None = None,
+                question_prompt=None) -> Batch:
+        """Build a left-padded `Batch`.
+
+        Pass ``samples`` (``mech.datasets.Sample``), or ``questions`` + ``images`` (the
+        template is applied), or full ``prompts`` + ``images`` (each prompt must contain
+        ``<image>`` once per image). ``question_prompt(sample) -> str`` rewrites a sample's
+        question first (dataset post-prompts).
+        """
+        if self.processor is None:
+            raise ValueError("this model was loaded without a processor; pass processor= to mech.load")
+        ids = None
+        if samples is not None:
+            samples = list(samples)
+            ids = [s.id for s in samples]
+            questions = [question_prompt(s) if question_prompt else s.question for s in samples]
+            images = [s.image for s in samples]
+        if prompts is None:
+            if questions is None:
+                raise ValueError("prepare needs samples, questions + images, or prompts + images")
+            prompts = [self.prompt(q) for q in questions]
+        prompts = list(prompts)
+        images = list(images or [])
+        self._check_images(prompts, images)
+        encoded = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+        inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
+        batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids)
+        return batch.to(self.device)
+
+    @staticmethod
+    def _check_images(prompts: list[str], images: list) -> None:
+        if not prompts:
+            raise ValueError("empty batch: give at least one prompt")
+        counts = [p.count(IMAGE_TOKEN) for p in prompts]
+        for i, (p, c) in enumerate(zip(prompts, counts)):
+            if c == 0:
+                raise ValueError(f"prompt {i} has no {IMAGE_TOKEN} placeholder: {p!r}; put "
+                                 f"{IMAGE_TOKEN} where the image goes (model.prompt(question) does)")
+        if sum(counts) != len(images):
+            raise ValueError(f"the prompts contain {sum(counts)} {IMAGE_TOKEN} placeholders but "
+                             f"{len(images)} images were given; pass one image per {IMAGE_TOKEN}")
+
+    @property
+    def device(self) -> torch.device:
+        param = next(self.nn._module.parameters())
+        return torch.device("cpu") if param.device.type == "meta" else param.device
+
+    # -- running -------------------------------------------------------------
+
+    def trace(self, batch: Batch, **kwargs):
+        """``with model.trace(batch):`` one forward over the batch (nnsight tracer)."""
+        return self.nn.trace(**batch.inputs, **kwargs)
+
+    def generate(self, batch: Batch, max_new_tokens: int = 8, **kwargs):
+        """``with model.generate(batch, max_new_tokens=...) as tr:`` greedy generation.
+
+        Interventions in the block act on the prefill (the first forward), where the
+        image tokens are; read ids from ``tr.result`` (prompt + new tokens).
+        """
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id if self.processor else None)
+        # nnsight's ``generate`` decides trace-or-call from its own caller's source; going
+        # through ``trace(fn=...)`` makes our wrapper a trace context in every case.
+        fn = type(self.nn).generate.__wrapped__.__get__(self.nn)
+        return self.nn.trace(**batch.generate_inputs, fn=fn, max_new_tokens=max_new_tokens, **kwargs)
+
+    def decode(self, ids: torch.Tensor, batch: Batch) -> list[str]:
+        """New tokens of ``generate`` output ``[batch, seq + new]`` as stripped strings."""
+        new = ids[:, batch.seq_len:]
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def __repr__(self) -> str:
+        return (f"mech.Model({self.source!r}, family={self.family.name}, layers={self.n_layers}, "
+                f"attention={self.config._attn_implementation})")
+
+
+def load(source: Any = "tiny", *, processor=None, template: str | None = None,
+         revision: str | None = None, dtype: torch.dtype | str | None = None,
+         attn_implementation: str = "sdpa", device_map: str | None = None, dispatch: bool = True,
+         **kwargs) -> Model:
+    """Load a LLaVA model into nnsight.
+
+    Args:
+        source: ``"tiny"`` (the embedded model in ``data/tiny-llava-shapes``), a local
+            directory saved with ``save_pretrained``, a Hugging Face id
+            (``"llava-hf/llava-1.5-7b-hf"``), or an already-built
+            ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
+        processor: the processor for an already-built module (required for ``prepare``).
+        template: prompt template override (``{question}`` and one ``<image>``).
+        revision: hub revision to pin.
+        dtype, device_map: passed to ``from_pretrained``.
+        attn_implementation: ``"sdpa"`` (default; attention capture never needs eager) or
+            ``"eager"``.
+        dispatch: load real weights now (``False`` keeps a meta model, enough for
+            ``remote=True`` runs on NDIF).
+    """
+    from nnsight import TransformersModel
+
+    if isinstance(source, torch.nn.Module):
+        family_of(source)
+        if processor is not None:
+            processor.tokenizer.padding_side = "left"
+        nn = TransformersModel(source, task="image-text-to-text", processor=processor,
+                               tokenizer=getattr(processor, "tokenizer", None))
+        return Model(nn, template=template, source=type(source).__name__)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"mech.load takes 'tiny', a path, a hub id or a model, not {type(source).__name__}")
+    name = str(source)
+    path = TINY_PATH if name == "tiny" else Path(name)
+    if name == "tiny" and not (path / "config.json").exists():
+        raise FileNotFoundError(f"the embedded tiny model is missing at {path}; retrain it with "
+                                f"`python -m mech.zoo.train` or check out data/ from the repository")
+    target = str(path) if path.exists() else name
+    options = dict(kwargs, attn_implementation=attn_implementation)
+    if revision is not None:
+        options["revision"] = revision
+    if dtype is not None:
+        options["dtype"] = dtype
+    if device_map is not None:
+        options["device_map"] = device_map
+    nn = TransformersModel(target, task="image-text-to-text", dispatch=dispatch, **options)
+    if processor is not None:
+        nn.processor, nn.tokenizer = processor, processor.tokenizer
+    return Model(nn, template=template, source=name, revision=revision)
