@@ -112,13 +112,14 @@ def image_layout(image_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def gather_image(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per-position values ``[..., batch, seq]`` -> per-image-token ``[..., batch, n_image]``.
+    """Per-position values ``[batch, ..., seq]`` -> per-image-token ``[batch, ..., n_image]``.
 
-    Padded slots (index == seq) read 0.
+    ``index`` is ``[batch, n_image]``; padded slots (index == seq) read 0.
     """
     padded = torch.nn.functional.pad(values, (0, 1))
-    index = index.expand(*values.shape[:-2], *index.shape)
-    return padded.gather(-1, index)
+    middle = values.shape[1:-1]
+    index = index.view(index.shape[0], *([1] * len(middle)), index.shape[1])
+    return padded.gather(-1, index.expand(*values.shape[:-1], index.shape[-1]))
 
 
 def scatter_image(per_token: torch.Tensor, index: torch.Tensor, seq_len: int, fill: float) -> torch.Tensor:

@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from tiny_models import QUESTIONS, random_images, tiny_llava
+
+torch.set_num_threads(1)  # 2 shared cores: one thread is faster and deterministic here
+
+FAMILIES = ["llava-1.5", "llava-next"]
+# NeXT rows differ in image-token count (anyres tiles depend on the image size).
+SIZES = [(40, 50), (30, 90), (64, 40)]
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def models(family):
+    """``{attn: mech.Model}`` with identical random weights under SDPA and eager."""
+    import mech
+
+    out = {}
+    for attn in ("sdpa", "eager"):
+        module, processor = tiny_llava(family, attn=attn)
+        out[attn] = mech.load(module, processor=processor)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model(models):
+    return models["sdpa"]
+
+
+@pytest.fixture(scope="session")
+def batch(model):
+    return model.prepare(questions=QUESTIONS, images=random_images(3, sizes=SIZES))

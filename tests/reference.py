@@ -1,0 +1,95 @@
+"""Independent references: plain PyTorch hooks on the raw module, no mech code paths."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def image_positions(input_ids: torch.Tensor, image_token_id: int) -> list[torch.Tensor]:
+    return [torch.nonzero(row == image_token_id).flatten() for row in input_ids]
+
+
+def multiplier(input_ids, image_token_id, weights) -> torch.Tensor:
+    """[batch, seq, 1]: weights[b][j] at the j-th image position of row b, 1 elsewhere."""
+    mult = torch.ones(input_ids.shape, dtype=torch.float32)
+    for b, positions in enumerate(image_positions(input_ids, image_token_id)):
+        for j, p in enumerate(positions.tolist()):
+            w = weights if not torch.is_tensor(weights) else weights[b, j]
+            mult[b, p] = float(w)
+    return mult[..., None]
+
+
+@contextlib.contextmanager
+def hooks(*handles):
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def prefill_only(fn, seq_len):
+    """Wrap a hook so it acts only on the prefill forward (full prompt length)."""
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] != seq_len:
+            return None
+        return fn(module, args, kwargs)
+    return hook
+
+
+def scale_hook(layers, layer, at, mult, seq_len):
+    module = layers[layer]
+    if at == "input":
+        def pre(mod, args, kwargs):
+            return (args[0] * mult,) + tuple(args[1:]), kwargs
+        return module.register_forward_pre_hook(prefill_only(pre, seq_len), with_kwargs=True)
+
+    def post(mod, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] != seq_len:
+            return None
+        return output * mult
+    return module.register_forward_hook(post, with_kwargs=True)
+
+
+def knockout_mask(input_ids, attention_mask, image_token_id, query_rows) -> torch.Tensor:
+    """[batch, 1, seq, seq] additive mask: causal, padding, and query -> image blocked."""
+    batch, seq = input_ids.shape
+    mask = torch.zeros(batch, 1, seq, seq)
+    blocked_value = torch.finfo(torch.float32).min
+    for b in range(batch):
+        image = (input_ids[b] == image_token_id)
+        for q in range(seq):
+            for k in range(seq):
+                allowed = k <= q and bool(attention_mask[b, k])
+                if allowed and bool(query_rows[b, q]) and bool(image[k]):
+                    allowed = False
+                if not allowed:
+                    mask[b, 0, q, k] = blocked_value
+    return mask
+
+
+def knockout_hooks(layers, which, mask, seq_len):
+    def pre(mod, args, kwargs):
+        return args, {**kwargs, "attention_mask": mask}
+    return [layers[i].self_attn.register_forward_pre_hook(prefill_only(pre, seq_len), with_kwargs=True)
+            for i in which]
+
+
+def eager_image_attention(module, inputs, image_token_id, layers, heads="mean"):
+    """A(i) from transformers' own output_attentions (eager), one list per layer of rows."""
+    with torch.no_grad():
+        out = module(**inputs, output_attentions=True)
+    result = {}
+    for layer in layers:
+        weights = out.attentions[layer]  # [batch, heads, seq, seq]
+        rows = []
+        for b, positions in enumerate(image_positions(inputs["input_ids"], image_token_id)):
+            row = weights[b, :, -1, positions]  # [heads, n_image_b]
+            row = {"mean": row.mean(0), "max": row.amax(0), "none": row}[heads]
+            rows.append(row / row.sum(-1, keepdim=True))
+        result[layer] = rows
+    return result
