@@ -357,7 +357,9 @@ def _classify(info: BenchmarkInfo, source: str | os.PathLike | None) -> tuple[st
             return "local", p
         return "official", p
     s = str(source)
-    if s.count("/") == 1 and not s.startswith((".", "/", "~")):
+    # "org/name" that is not a local folder is a Hub id, unless "org" is a local folder
+    # (then it is a mistyped path, and a Hub lookup would only obscure that).
+    if s.count("/") == 1 and not s.startswith((".", "/", "~")) and not Path(s).parent.exists():
         return "hub", s
     raise FileNotFoundError(f"source {s!r} is neither an existing folder nor a Hugging Face "
                             f"dataset id like '{HF_ORGS[0]}/{info.hf_repo}'")
