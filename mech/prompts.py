@@ -16,8 +16,10 @@ __all__ = ["question_prompt", "POST_PROMPTS", "SHORT_ANSWER", "UNANSWERABLE"]
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
 
-# lmms-eval ``default`` post_prompt of each task (vqav2, gqa, textvqa, ok_vqa,
-# vizwiz_vqa, docvqa templates); LLaVA-1.5's own eval files use the same short-answer line.
+# lmms-eval ``default`` post_prompt of each task template (vqav2, gqa, textvqa, ok_vqa,
+# vizwiz_vqa, docvqa); LLaVA-1.5's own eval files use the same short-answer line. (One
+# stored revision of lmms-eval's vqav2_val.yaml overrides the default to "", which we
+# do not follow: LLaVA's VQAv2 protocol asks for the short answer.)
 POST_PROMPTS: Mapping[str, str] = {
     "vqav2": SHORT_ANSWER,
     "gqa": SHORT_ANSWER,

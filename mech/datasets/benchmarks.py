@@ -379,6 +379,9 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
     ``limit``: keep a seeded random subset of that size (dataset order preserved).
     ``ocr``: TextVQA only, mark samples for LLaVA's "Reference OCR token:" prompt.
     ``split``: only the evaluated split of each benchmark is supported.
+
+    From the Hub, ``datasets`` downloads the whole split first (VQAv2 validation is
+    several GB) even when ``limit`` is small; ``cache_dir`` is passed through.
     """
     info = _info(name)
     if name == "shapes":
