@@ -31,7 +31,8 @@ class LayerDiscovery:
     ``stats`` is an ``xr.Dataset`` over dims ``("layer",)`` and ``("layer", "bound")``
     (bound = "low"/"high"): ``accuracy``/``accuracy_ci``; ``drop``/``drop_ci`` =
     acc(L+1) - acc(L) (baseline stands in for layer N); ``p_value`` (paired test of
-    L vs L+1), ``p_holm`` (Holm-adjusted over layers); ``is_drop``; ``flat_before``;
+    L vs L+1), ``p_holm`` (Holm-adjusted over layers); ``is_drop``; ``in_dip``/``dip_depth``
+    (layers added by the dip-stretch step, depth below the lower rim); ``flat_before``;
     ``baseline_drop``/``baseline_drop_ci`` = baseline - acc(L) when a baseline is given.
     Parameters used are in ``stats.attrs``.
     """
@@ -128,6 +129,25 @@ def _is_change(x: np.ndarray, y: np.ndarray, alpha: float, min_drop: float) -> b
     return abs(x.mean() - y.mean()) >= min_drop and float(stats.paired_test(x, y)) < alpha
 
 
+def _below(ref: np.ndarray, x: np.ndarray, alpha: float, min_drop: float) -> bool:
+    return ref.mean() - x.mean() >= min_drop and float(stats.paired_test(ref, x)) < alpha
+
+
+def _dip_stretches(x, rows, is_step, alpha, min_drop) -> dict[int, tuple[int, int]]:
+    """Map each layer a..b-1 of a multi-layer dip a..b (b a step layer) to (a, b)."""
+    out = {}
+    for b in np.flatnonzero(is_step):
+        a = b
+        while a > 0 and _below(rows[b + 1], x[a - 1], alpha, min_drop):
+            a -= 1
+        # a == 0: the low stretch reaches layer 0, i.e. a rising curve, not a dip.
+        if a == b or a == 0:
+            continue
+        if all(_below(x[a - 1], x[L], alpha, min_drop) for L in range(a, b + 1)):
+            out.update({L: (a, int(b)) for L in range(a, b)})
+    return out
+
+
 def discover_layers(
     correct: xr.DataArray,
     *,
@@ -157,19 +177,24 @@ def discover_layers(
        scores (exact binomial when fewer than 25 discordant samples, else chi-square
        with continuity correction), paired bootstrap for soft scores -- Holm-adjusted
        over all tested layers.
-    3. L is a *drop layer* iff drop(L) >= ``min_drop`` and Holm p(L) < ``alpha``.
-    4. The deep part of the stack is the last ``ceil(N * deep_fraction)`` layers
+    3. L is a *step layer* iff drop(L) >= ``min_drop`` and Holm p(L) < ``alpha``.
+       Every step layer is a *drop layer*.
+    4. Dip stretches (flat curve with a dip wider than one layer): from a step layer b,
+       walk left over layers lying >= ``min_drop`` below acc(b+1) (paired p < alpha/N,
+       Bonferroni) to the first such layer a. If a > 0 and every layer a..b also lies
+       >= ``min_drop`` below acc(a-1) (same test), a..b-1 are drop layers too. On a
+       rising curve the low stretch runs down to layer 0 or nothing falls into it, so
+       only b counts there: masking from L then costs nothing more than from L+1.
+    5. The deep part of the stack is the last ``ceil(N * deep_fraction)`` layers
        (default last third: layers 21..31 of 32). L has a *flat stretch* before it iff
        layers L-flat_len .. L-1 exist and no two of them differ by a *change*
        (|acc difference| >= ``min_drop`` with unadjusted paired p < ``alpha``; leaving
        this unadjusted makes "flat" harder to claim, so review layers are not invented).
-    5. The *review layer* is the drop layer in the deep part with a flat stretch before
-       it, taking the largest drop (then the deepest) if several qualify; None if none
-       does. The *post-integrated layer* is review - 1.
-    6. *Fusion layers* are all other drop layers, in layer order.
-
-    Note: in a two-layer plateau dip (acc(L) ~ acc(L+1) both low) only L+1 is a drop
-    layer: masking from L costs nothing more than masking from L+1.
+    6. The *review layer* is the drop layer in the deep part with a flat stretch before
+       it, taking the largest effect (drop, or dip depth for dip-stretch layers) and
+       then the deepest if several qualify; None if none does ("no review layer found").
+       The *post-integrated layer* is review - 1.
+    7. *Fusion layers* are all other drop layers, in layer order.
     """
     _check_unit(alpha, "alpha")
     _check_unit(confidence, "confidence")
@@ -194,7 +219,13 @@ def discover_layers(
     p = np.full(n_layers, np.nan)
     p[:n_tested] = stats.paired_test(rows[1 : n_tested + 1], rows[:n_tested], n_resamples=n_resamples, seed=seed)
     p_holm = stats.holm(p)
-    is_drop = (drop >= min_drop) & (p_holm < alpha)  # NaN compares False
+    is_step = (drop >= min_drop) & (p_holm < alpha)  # NaN compares False
+    dips = _dip_stretches(x, rows, is_step, alpha / n_layers, min_drop)
+    is_drop = is_step.copy()
+    is_drop[list(dips)] = True
+    dip_depth = np.full(n_layers, np.nan)
+    for L, (a, b) in dips.items():
+        dip_depth[L] = min(acc[a - 1], acc[b + 1]) - acc[L]
 
     # One shared resample for all rows keeps the per-layer CIs mutually paired.
     means = stats.resampled_means(rows, n_resamples=n_resamples, seed=seed)
@@ -211,7 +242,8 @@ def discover_layers(
         flat[L] = not any(_is_change(x[i], x[j], alpha, min_drop) for i in win for j in win if i < j)
 
     candidates = [L for L in range(deep_start, n_layers) if is_drop[L] and flat[L]]
-    review = max(candidates, key=lambda L: (drop[L], L)) if candidates else None
+    effect = np.fmax(drop, dip_depth)
+    review = max(candidates, key=lambda L: (effect[L], L)) if candidates else None
     fusion = tuple(int(L) for L in np.flatnonzero(is_drop) if L != review)
 
     ds = xr.Dataset(
@@ -223,6 +255,8 @@ def discover_layers(
             "p_value": ("layer", p),
             "p_holm": ("layer", p_holm),
             "is_drop": ("layer", is_drop),
+            "in_dip": ("layer", np.isin(np.arange(n_layers), list(dips))),
+            "dip_depth": ("layer", dip_depth),
             "flat_before": ("layer", flat),
         },
         coords={"layer": np.arange(n_layers), "bound": ["low", "high"]},
@@ -234,29 +268,32 @@ def discover_layers(
         ds["baseline_drop"] = ("layer", acc[-1] - acc[:n_layers])
         ds["baseline_drop_ci"] = (("layer", "bound"), ci(means[:, -1:] - means[:, :n_layers]))
 
-    reason = _explain(ds, fusion, review, candidates)
+    reason = _explain(ds, fusion, review, dips)
     return LayerDiscovery(fusion, review, None if review is None else review - 1, reason, ds)
 
 
-def _describe(ds: xr.Dataset, L: int) -> str:
+def _describe(ds: xr.Dataset, L: int, dips=None) -> str:
+    if dips and L in dips:
+        a, b = dips[L]
+        return f"{L} (in dip {a}..{b}: {100 * ds['dip_depth'].values[L]:.1f} pts below layers {a - 1} and {b + 1})"
     lo, hi = ds["drop_ci"].values[L]
     return f"{L} (drop {100 * ds['drop'].values[L]:.1f} pts [{100 * lo:.1f}, {100 * hi:.1f}], Holm p={ds['p_holm'].values[L]:.2g})"
 
 
-def _explain(ds: xr.Dataset, fusion, review, candidates) -> str:
+def _explain(ds: xr.Dataset, fusion, review, dips) -> str:
     a = ds.attrs
     n = ds.sizes["layer"]
     rule = (f"drop(L) = acc(L+1) - acc(L) >= {100 * a['min_drop']:g} pts with Holm p < {a['alpha']:g}")
     parts = []
     if fusion:
-        parts.append(f"fusion layers {', '.join(map(str, fusion))}: {rule}: " + "; ".join(_describe(ds, L) for L in fusion))
+        parts.append(f"fusion layers {', '.join(map(str, fusion))}: {rule}: " + "; ".join(_describe(ds, L, dips) for L in fusion))
     else:
         parts.append(f"no fusion layers: no layer has {rule}")
     deep = f"deep part = layers {a['deep_start']}..{n - 1}"
     if review is not None:
         s = review - a["flat_len"]
         parts.append(
-            f"review layer {_describe(ds, review)}: largest drop in the {deep} after a flat stretch "
+            f"review layer {_describe(ds, review, dips)}: largest drop in the {deep} after a flat stretch "
             f"(layers {s}..{review - 1}: no change >= {100 * a['min_drop']:g} pts at p < {a['alpha']:g}); "
             f"post-integrated layer {review - 1} = review - 1"
         )
