@@ -125,25 +125,38 @@ def _align_baseline(baseline, correct: xr.DataArray) -> np.ndarray:
     return values
 
 
-def _is_change(x: np.ndarray, y: np.ndarray, alpha: float, min_drop: float) -> bool:
-    return abs(x.mean() - y.mean()) >= min_drop and float(stats.paired_test(x, y)) < alpha
+def _flat_before(x, flat_len, alpha, min_drop, **test) -> np.ndarray:
+    """flat[L]: no two of layers L-flat_len..L-1 differ by a change (one vectorised test)."""
+    n_layers = x.shape[0]
+    pairs = [(i, j) for i in range(n_layers) for j in range(i + 1, min(n_layers, i + flat_len))]
+    change = set()
+    if pairs:
+        i, j = np.array(pairs).T
+        p = stats.paired_test(x[i], x[j], **test)
+        big = np.abs(x[i].mean(axis=1) - x[j].mean(axis=1)) >= min_drop
+        change = {pairs[k] for k in np.flatnonzero(big & (p < alpha))}
+    flat = np.zeros(n_layers, dtype=bool)
+    for L in range(flat_len, n_layers):
+        win = range(L - flat_len, L)
+        flat[L] = not any((a, b) in change for a in win for b in win if a < b)
+    return flat
 
 
-def _below(ref: np.ndarray, x: np.ndarray, alpha: float, min_drop: float) -> bool:
-    return ref.mean() - x.mean() >= min_drop and float(stats.paired_test(ref, x)) < alpha
-
-
-def _dip_stretches(x, rows, is_step, alpha, min_drop) -> dict[int, tuple[int, int]]:
+def _dip_stretches(x, rows, is_step, alpha, min_drop, **test) -> dict[int, tuple[int, int]]:
     """Map each layer a..b-1 of a multi-layer dip a..b (b a step layer) to (a, b)."""
+
+    def below(ref, y):
+        return ref.mean() - y.mean() >= min_drop and float(stats.paired_test(ref, y, **test)) < alpha
+
     out = {}
     for b in np.flatnonzero(is_step):
         a = b
-        while a > 0 and _below(rows[b + 1], x[a - 1], alpha, min_drop):
+        while a > 0 and below(rows[b + 1], x[a - 1]):
             a -= 1
         # a == 0: the low stretch reaches layer 0, i.e. a rising curve, not a dip.
         if a == b or a == 0:
             continue
-        if all(_below(x[a - 1], x[L], alpha, min_drop) for L in range(a, b + 1)):
+        if all(below(x[a - 1], x[L]) for L in range(a, b + 1)):
             out.update({L: (a, int(b)) for L in range(a, b)})
     return out
 
@@ -217,10 +230,11 @@ def discover_layers(
     drop = np.full(n_layers, np.nan)
     drop[:n_tested] = acc[1 : n_tested + 1] - acc[:n_tested]
     p = np.full(n_layers, np.nan)
-    p[:n_tested] = stats.paired_test(rows[1 : n_tested + 1], rows[:n_tested], n_resamples=n_resamples, seed=seed)
+    test = dict(n_resamples=n_resamples, seed=seed)
+    p[:n_tested] = stats.paired_test(rows[1 : n_tested + 1], rows[:n_tested], **test)
     p_holm = stats.holm(p)
     is_step = (drop >= min_drop) & (p_holm < alpha)  # NaN compares False
-    dips = _dip_stretches(x, rows, is_step, alpha / n_layers, min_drop)
+    dips = _dip_stretches(x, rows, is_step, alpha / n_layers, min_drop, **test)
     is_drop = is_step.copy()
     is_drop[list(dips)] = True
     dip_depth = np.full(n_layers, np.nan)
@@ -236,10 +250,7 @@ def discover_layers(
     drop_ci[:n_tested] = ci(means[:, 1 : n_tested + 1] - means[:, :n_tested])
 
     deep_start = n_layers - math.ceil(n_layers * deep_fraction)
-    flat = np.zeros(n_layers, dtype=bool)
-    for L in range(flat_len, n_layers):
-        win = range(L - flat_len, L)
-        flat[L] = not any(_is_change(x[i], x[j], alpha, min_drop) for i in win for j in win if i < j)
+    flat = _flat_before(x, flat_len, alpha, min_drop, **test)
 
     candidates = [L for L in range(deep_start, n_layers) if is_drop[L] and flat[L]]
     effect = np.fmax(drop, dip_depth)
