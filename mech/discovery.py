@@ -125,20 +125,12 @@ def _align_baseline(baseline, correct: xr.DataArray) -> np.ndarray:
     return values
 
 
-def _flat_before(x, flat_len, alpha, min_drop, **test) -> np.ndarray:
-    """flat[L]: no two of layers L-flat_len..L-1 differ by a change (one vectorised test)."""
-    n_layers = x.shape[0]
-    pairs = [(i, j) for i in range(n_layers) for j in range(i + 1, min(n_layers, i + flat_len))]
-    change = set()
-    if pairs:
-        i, j = np.array(pairs).T
-        p = stats.paired_test(x[i], x[j], **test)
-        big = np.abs(x[i].mean(axis=1) - x[j].mean(axis=1)) >= min_drop
-        change = {pairs[k] for k in np.flatnonzero(big & (p < alpha))}
-    flat = np.zeros(n_layers, dtype=bool)
-    for L in range(flat_len, n_layers):
-        win = range(L - flat_len, L)
-        flat[L] = not any((a, b) in change for a in win for b in win if a < b)
+def _flat_before(acc: np.ndarray, flat_len: int, flat_tol: float) -> np.ndarray:
+    """flat[L]: accuracies of layers L-flat_len..L-1 span less than flat_tol."""
+    flat = np.zeros(acc.size, dtype=bool)
+    for L in range(flat_len, acc.size):
+        win = acc[L - flat_len : L]
+        flat[L] = win.max() - win.min() < flat_tol
     return flat
 
 
@@ -169,6 +161,7 @@ def discover_layers(
     min_drop: float = 0.05,
     deep_fraction: float = 1 / 3,
     flat_len: int = 3,
+    flat_tol: float | None = None,
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
@@ -200,9 +193,11 @@ def discover_layers(
        only b counts there: masking from L then costs nothing more than from L+1.
     5. The deep part of the stack is the last ``ceil(N * deep_fraction)`` layers
        (default last third: layers 21..31 of 32). L has a *flat stretch* before it iff
-       layers L-flat_len .. L-1 exist and no two of them differ by a *change*
-       (|acc difference| >= ``min_drop`` with unadjusted paired p < ``alpha``; leaving
-       this unadjusted makes "flat" harder to claim, so review layers are not invented).
+       layers L-flat_len .. L-1 exist and their accuracies span (max - min) less than
+       ``flat_tol`` (default ``min_drop``). This asks for positive evidence of flatness
+       rather than "no significant change", so a slow climb measured on few samples
+       is not mistaken for a plateau and no review layer is invented; the price is that
+       with few samples, noise alone can break a real plateau (then: none found).
     6. The *review layer* is the drop layer in the deep part with a flat stretch before
        it, taking the largest effect (drop, or dip depth for dip-stretch layers) and
        then the deepest if several qualify; None if none does ("no review layer found").
@@ -214,6 +209,9 @@ def discover_layers(
     _check_unit(deep_fraction, "deep_fraction", closed_high=True)
     if not 0.0 <= min_drop < 1.0:
         raise ValueError(f"min_drop is an effect size in accuracy fraction, must lie in [0, 1), got {min_drop!r}")
+    flat_tol = min_drop if flat_tol is None else flat_tol
+    if not 0.0 < flat_tol < 1.0:
+        raise ValueError(f"flat_tol (an accuracy span, default min_drop) must lie in (0, 1), got {flat_tol!r}")
     if int(flat_len) != flat_len or flat_len < 1:
         raise ValueError(f"flat_len must be a positive integer number of layers, got {flat_len!r}")
     correct = _as_layer_sample(correct, "correct", min_layers=3)
@@ -250,7 +248,7 @@ def discover_layers(
     drop_ci[:n_tested] = ci(means[:, 1 : n_tested + 1] - means[:, :n_tested])
 
     deep_start = n_layers - math.ceil(n_layers * deep_fraction)
-    flat = _flat_before(x, flat_len, alpha, min_drop, **test)
+    flat = _flat_before(acc[:n_layers], flat_len, flat_tol)
 
     candidates = [L for L in range(deep_start, n_layers) if is_drop[L] and flat[L]]
     effect = np.fmax(drop, dip_depth)
@@ -272,7 +270,7 @@ def discover_layers(
         },
         coords={"layer": np.arange(n_layers), "bound": ["low", "high"]},
         attrs=dict(alpha=alpha, min_drop=min_drop, deep_fraction=deep_fraction, deep_start=deep_start,
-                   flat_len=flat_len, confidence=confidence, n_samples=x.shape[1],
+                   flat_len=flat_len, flat_tol=flat_tol, confidence=confidence, n_samples=x.shape[1],
                    baseline_accuracy=np.nan if base is None else float(acc[-1])),
     )
     if base is not None:
@@ -294,7 +292,9 @@ def _describe(ds: xr.Dataset, L: int, dips=None) -> str:
 def _explain(ds: xr.Dataset, fusion, review, dips) -> str:
     a = ds.attrs
     n = ds.sizes["layer"]
-    rule = (f"drop(L) = acc(L+1) - acc(L) >= {100 * a['min_drop']:g} pts with Holm p < {a['alpha']:g}")
+    rule = f"drop(L) = acc(L+1) - acc(L) >= {100 * a['min_drop']:g} pts with Holm p < {a['alpha']:g}"
+    if dips:
+        rule += ", or inside a dip of such a layer"
     parts = []
     if fusion:
         parts.append(f"fusion layers {', '.join(map(str, fusion))}: {rule}: " + "; ".join(_describe(ds, L, dips) for L in fusion))
@@ -305,7 +305,7 @@ def _explain(ds: xr.Dataset, fusion, review, dips) -> str:
         s = review - a["flat_len"]
         parts.append(
             f"review layer {_describe(ds, review, dips)}: largest drop in the {deep} after a flat stretch "
-            f"(layers {s}..{review - 1}: no change >= {100 * a['min_drop']:g} pts at p < {a['alpha']:g}); "
+            f"(layers {s}..{review - 1} span < {100 * a['flat_tol']:g} pts); "
             f"post-integrated layer {review - 1} = review - 1"
         )
     else:
