@@ -1,0 +1,368 @@
+"""Discover fusion, review and post-integrated layers from layer-wise image masking.
+
+Input is one masking run per decoder layer L: the hidden states of all image tokens are
+zeroed at the input of layer L, so image information is only available to layers < L
+(what they already moved into text tokens). ``acc(L)`` therefore tends to rise with L
+towards the unmasked baseline, and the accuracy of layer L's run compared with layer
+L+1's run isolates what layer L itself still needed from the image tokens.
+
+The discovery rule (see :func:`discover_layers`) is written so that both curve shapes
+work: a rising curve (small models) and a flat curve with dips (LLaVA-1.5-7B, where the
+paper reads off fusion set 2, 4, 8, 11, 12, 13 and review layer 29 by eye).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from . import stats
+
+__all__ = ["LayerDiscovery", "HellingerCheck", "discover_layers", "min_hellinger_check"]
+
+
+@dataclass(frozen=True)
+class LayerDiscovery:
+    """Result of :func:`discover_layers`.
+
+    ``stats`` is an ``xr.Dataset`` over dims ``("layer",)`` and ``("layer", "bound")``
+    (bound = "low"/"high"): ``accuracy``/``accuracy_ci``; ``drop``/``drop_ci`` =
+    acc(L+1) - acc(L) (baseline stands in for layer N); ``p_value`` (paired test of
+    L vs L+1), ``p_holm`` (Holm-adjusted over layers); ``is_drop``; ``in_dip``/``dip_depth``
+    (layers added by the dip-stretch step, depth below the lower rim); ``flat_before``;
+    ``baseline_drop``/``baseline_drop_ci`` = baseline - acc(L) when a baseline is given.
+    Parameters used are in ``stats.attrs``.
+    """
+
+    fusion_layers: tuple[int, ...]
+    review_layer: int | None
+    post_layer: int | None
+    reason: str
+    stats: xr.Dataset
+
+
+@dataclass(frozen=True)
+class HellingerCheck:
+    """Result of :func:`min_hellinger_check`.
+
+    ``layer``: searched layer with the smallest mean Hellinger distance to the final
+    layer's image attention. ``tied_layers``: searched layers whose distance is not
+    distinguishable from the minimum (bootstrap CI of the paired difference contains 0),
+    ``layer`` included. ``agrees``: ``layer == post_layer`` (None when no post layer was
+    given). ``distance``: Dataset with ``mean`` ("layer",) and ``ci`` ("layer", "bound").
+    """
+
+    layer: int
+    tied_layers: tuple[int, ...]
+    agrees: bool | None
+    reason: str
+    distance: xr.Dataset
+
+
+def _as_layer_sample(da, name: str, *, min_layers: int) -> xr.DataArray:
+    if not isinstance(da, xr.DataArray):
+        raise ValueError(
+            f"{name} must be an xarray.DataArray with dims ('layer', 'sample'), got "
+            f"{type(da).__name__}; wrap arrays as xr.DataArray(arr, dims=('layer', 'sample'))"
+        )
+    if set(da.dims) != {"layer", "sample"}:
+        raise ValueError(
+            f"{name} must have exactly dims ('layer', 'sample'), got {da.dims}; "
+            "rename or select away other dims (e.g. .sel(dataset=...) or .rename(...))"
+        )
+    da = da.transpose("layer", "sample")
+    n_layers = da.sizes["layer"]
+    if n_layers < min_layers:
+        raise ValueError(
+            f"{name} has {n_layers} layer(s); need at least {min_layers} "
+            "(one masking run per decoder layer 0..N-1)"
+        )
+    if da.sizes["sample"] < 2:
+        raise ValueError(f"{name} needs at least 2 samples, got {da.sizes['sample']}")
+    if "layer" in da.coords:
+        da = da.sortby("layer")
+        layers = da["layer"].values
+        if not np.array_equal(layers, np.arange(n_layers)):
+            raise ValueError(
+                f"{name} layer coords must be the decoder layer indices 0..{n_layers - 1} "
+                f"with none missing, got {layers.tolist()}; run the masking at every layer"
+            )
+    else:
+        da = da.assign_coords(layer=np.arange(n_layers))
+    if not np.isfinite(da.values).all():
+        raise ValueError(f"{name} contains NaN/inf; drop or re-score those samples first")
+    return da
+
+
+def _check_unit(value: float, name: str, *, closed_high: bool = False) -> None:
+    ok = 0.0 < value <= 1.0 if closed_high else 0.0 < value < 1.0
+    if not ok:
+        rng = "(0, 1]" if closed_high else "(0, 1)"
+        raise ValueError(f"{name} must lie in {rng}, got {value!r}")
+
+
+def _align_baseline(baseline, correct: xr.DataArray) -> np.ndarray:
+    if not isinstance(baseline, xr.DataArray) or baseline.dims != ("sample",):
+        raise ValueError(
+            "baseline must be an xarray.DataArray with dims ('sample',) holding the "
+            f"unmasked run's per-sample scores, got {getattr(baseline, 'dims', type(baseline).__name__)}"
+        )
+    if baseline.sizes["sample"] != correct.sizes["sample"]:
+        raise ValueError(
+            f"baseline has {baseline.sizes['sample']} samples but correct has "
+            f"{correct.sizes['sample']}; score the unmasked run on the same samples"
+        )
+    if "sample" in baseline.coords and "sample" in correct.coords:
+        if set(baseline["sample"].values.tolist()) != set(correct["sample"].values.tolist()):
+            raise ValueError("baseline and correct have different sample ids; score the same samples")
+        baseline = baseline.sel(sample=correct["sample"])
+    values = np.asarray(baseline.values, dtype=float)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise ValueError("baseline scores must be finite and in [0, 1]")
+    return values
+
+
+def _flat_before(acc: np.ndarray, flat_len: int, flat_tol: float) -> np.ndarray:
+    """flat[L]: accuracies of layers L-flat_len..L-1 span less than flat_tol."""
+    flat = np.zeros(acc.size, dtype=bool)
+    for L in range(flat_len, acc.size):
+        win = acc[L - flat_len : L]
+        flat[L] = win.max() - win.min() < flat_tol
+    return flat
+
+
+def _dip_stretches(x, rows, is_step, alpha, min_drop, **test) -> dict[int, tuple[int, int]]:
+    """Map each layer a..b-1 of a multi-layer dip a..b (b a step layer) to (a, b)."""
+
+    def below(ref, y):
+        return ref.mean() - y.mean() >= min_drop and float(stats.paired_test(ref, y, **test)) < alpha
+
+    out = {}
+    for b in np.flatnonzero(is_step):
+        a = b
+        while a > 0 and below(rows[b + 1], x[a - 1]):
+            a -= 1
+        # a == 0: the low stretch reaches layer 0, i.e. a rising curve, not a dip.
+        if a == b or a == 0:
+            continue
+        if all(below(x[a - 1], x[L]) for L in range(a, b + 1)):
+            out.update({L: (a, int(b)) for L in range(a, b)})
+    return out
+
+
+def discover_layers(
+    correct: xr.DataArray,
+    *,
+    baseline: xr.DataArray | None = None,
+    alpha: float = 0.05,
+    min_drop: float = 0.05,
+    deep_fraction: float = 1 / 3,
+    flat_len: int = 3,
+    flat_tol: float | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> LayerDiscovery:
+    """Find fusion layers, the review layer and the post-integrated layer.
+
+    ``correct``: DataArray ``("layer", "sample")``, layer coords 0..N-1 (N >= 3), per-
+    sample scores in [0, 1] of the run that masks image tokens at the input of that
+    layer. ``baseline``: optional DataArray ``("sample",)`` of the unmasked run.
+
+    Rule (scores as fractions, so ``min_drop=0.05`` is 5 accuracy points):
+
+    1. drop(L) = acc(L+1) - acc(L): the accuracy lost by masking from L instead of
+       L+1, i.e. what layer L itself still needed from the image tokens. For the last
+       layer, acc(N) is the baseline; without a baseline the last layer is not tested.
+       Isolated dips (acc(L) below both neighbours) and steps of a rising curve both
+       show up as a positive drop(L).
+    2. p(L): paired two-sided test of per-sample scores at L vs L+1 -- McNemar for 0/1
+       scores (exact binomial when fewer than 25 discordant samples, else chi-square
+       with continuity correction), paired bootstrap for soft scores -- Holm-adjusted
+       over all tested layers.
+    3. L is a *step layer* iff drop(L) >= ``min_drop`` and Holm p(L) < ``alpha``.
+       Every step layer is a *drop layer*.
+    4. Dip stretches (flat curve with a dip wider than one layer): from a step layer b,
+       walk left over layers lying >= ``min_drop`` below acc(b+1) (paired p < alpha/N,
+       Bonferroni) to the first such layer a. If a > 0 and every layer a..b also lies
+       >= ``min_drop`` below acc(a-1) (same test), a..b-1 are drop layers too. On a
+       rising curve the low stretch runs down to layer 0 or nothing falls into it, so
+       only b counts there: masking from L then costs nothing more than from L+1.
+    5. The deep part of the stack is the last ``ceil(N * deep_fraction)`` layers
+       (default last third: layers 21..31 of 32). L has a *flat stretch* before it iff
+       layers L-flat_len .. L-1 exist and their accuracies span (max - min) less than
+       ``flat_tol`` (default ``min_drop``). This asks for positive evidence of flatness
+       rather than "no significant change", so a slow climb measured on few samples
+       is not mistaken for a plateau and no review layer is invented; the price is that
+       with few samples, noise alone can break a real plateau (then: none found).
+    6. The *review layer* is the drop layer in the deep part with a flat stretch before
+       it, taking the largest effect (drop, or dip depth for dip-stretch layers) and
+       then the deepest if several qualify; None if none does ("no review layer found").
+       The *post-integrated layer* is review - 1.
+    7. *Fusion layers* are all other drop layers, in layer order.
+    """
+    _check_unit(alpha, "alpha")
+    _check_unit(confidence, "confidence")
+    _check_unit(deep_fraction, "deep_fraction", closed_high=True)
+    if not 0.0 <= min_drop < 1.0:
+        raise ValueError(f"min_drop is an effect size in accuracy fraction, must lie in [0, 1), got {min_drop!r}")
+    flat_tol = min_drop if flat_tol is None else flat_tol
+    if not 0.0 < flat_tol < 1.0:
+        raise ValueError(f"flat_tol (an accuracy span, default min_drop) must lie in (0, 1), got {flat_tol!r}")
+    if int(flat_len) != flat_len or flat_len < 1:
+        raise ValueError(f"flat_len must be a positive integer number of layers, got {flat_len!r}")
+    correct = _as_layer_sample(correct, "correct", min_layers=3)
+    x = np.asarray(correct.values, dtype=float)
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError("correct scores must lie in [0, 1]; divide percentages by 100")
+    n_layers = x.shape[0]
+    base = None if baseline is None else _align_baseline(baseline, correct)
+
+    # "next" row for each layer; the baseline plays the role of layer N.
+    rows = x if base is None else np.vstack([x, base[None]])
+    n_tested = n_layers - 1 if base is None else n_layers
+    acc = rows.mean(axis=1)
+    drop = np.full(n_layers, np.nan)
+    drop[:n_tested] = acc[1 : n_tested + 1] - acc[:n_tested]
+    p = np.full(n_layers, np.nan)
+    test = dict(n_resamples=n_resamples, seed=seed)
+    p[:n_tested] = stats.paired_test(rows[1 : n_tested + 1], rows[:n_tested], **test)
+    p_holm = stats.holm(p)
+    is_step = (drop >= min_drop) & (p_holm < alpha)  # NaN compares False
+    dips = _dip_stretches(x, rows, is_step, alpha / n_layers, min_drop, **test)
+    is_drop = is_step.copy()
+    is_drop[list(dips)] = True
+    dip_depth = np.full(n_layers, np.nan)
+    for L, (a, b) in dips.items():
+        dip_depth[L] = min(acc[a - 1], acc[b + 1]) - acc[L]
+
+    # One shared resample for all rows keeps the per-layer CIs mutually paired.
+    means = stats.resampled_means(rows, n_resamples=n_resamples, seed=seed)
+    tail = 100 * (1 - confidence) / 2
+    ci = lambda d: np.stack([np.percentile(d, tail, axis=0), np.percentile(d, 100 - tail, axis=0)], -1)
+    acc_ci = ci(means[:, :n_layers])
+    drop_ci = np.full((n_layers, 2), np.nan)
+    drop_ci[:n_tested] = ci(means[:, 1 : n_tested + 1] - means[:, :n_tested])
+
+    deep_start = n_layers - math.ceil(n_layers * deep_fraction)
+    flat = _flat_before(acc[:n_layers], flat_len, flat_tol)
+
+    candidates = [L for L in range(deep_start, n_layers) if is_drop[L] and flat[L]]
+    effect = np.fmax(drop, dip_depth)
+    review = max(candidates, key=lambda L: (effect[L], L)) if candidates else None
+    fusion = tuple(int(L) for L in np.flatnonzero(is_drop) if L != review)
+
+    ds = xr.Dataset(
+        {
+            "accuracy": ("layer", acc[:n_layers]),
+            "accuracy_ci": (("layer", "bound"), acc_ci),
+            "drop": ("layer", drop),
+            "drop_ci": (("layer", "bound"), drop_ci),
+            "p_value": ("layer", p),
+            "p_holm": ("layer", p_holm),
+            "is_drop": ("layer", is_drop),
+            "in_dip": ("layer", np.isin(np.arange(n_layers), list(dips))),
+            "dip_depth": ("layer", dip_depth),
+            "flat_before": ("layer", flat),
+        },
+        coords={"layer": np.arange(n_layers), "bound": ["low", "high"]},
+        attrs=dict(alpha=alpha, min_drop=min_drop, deep_fraction=deep_fraction, deep_start=deep_start,
+                   flat_len=flat_len, flat_tol=flat_tol, confidence=confidence, n_samples=x.shape[1],
+                   baseline_accuracy=np.nan if base is None else float(acc[-1])),
+    )
+    if base is not None:
+        ds["baseline_drop"] = ("layer", acc[-1] - acc[:n_layers])
+        ds["baseline_drop_ci"] = (("layer", "bound"), ci(means[:, -1:] - means[:, :n_layers]))
+
+    reason = _explain(ds, fusion, review, dips)
+    return LayerDiscovery(fusion, review, None if review is None else review - 1, reason, ds)
+
+
+def _describe(ds: xr.Dataset, L: int, dips=None) -> str:
+    if dips and L in dips:
+        a, b = dips[L]
+        return f"{L} (in dip {a}..{b}: {100 * ds['dip_depth'].values[L]:.1f} pts below layers {a - 1} and {b + 1})"
+    lo, hi = ds["drop_ci"].values[L]
+    return f"{L} (drop {100 * ds['drop'].values[L]:.1f} pts [{100 * lo:.1f}, {100 * hi:.1f}], Holm p={ds['p_holm'].values[L]:.2g})"
+
+
+def _explain(ds: xr.Dataset, fusion, review, dips) -> str:
+    a = ds.attrs
+    n = ds.sizes["layer"]
+    rule = f"drop(L) = acc(L+1) - acc(L) >= {100 * a['min_drop']:g} pts with Holm p < {a['alpha']:g}"
+    if dips:
+        rule += ", or inside a dip of such a layer"
+    parts = []
+    if fusion:
+        parts.append(f"fusion layers {', '.join(map(str, fusion))}: {rule}: " + "; ".join(_describe(ds, L, dips) for L in fusion))
+    else:
+        parts.append(f"no fusion layers: no layer has {rule}")
+    deep = f"deep part = layers {a['deep_start']}..{n - 1}"
+    if review is not None:
+        s = review - a["flat_len"]
+        parts.append(
+            f"review layer {_describe(ds, review, dips)}: largest drop in the {deep} after a flat stretch "
+            f"(layers {s}..{review - 1} span < {100 * a['flat_tol']:g} pts); "
+            f"post-integrated layer {review - 1} = review - 1"
+        )
+    else:
+        deep_drops = [L for L in range(a["deep_start"], n) if ds["is_drop"].values[L]]
+        why = (f"drops at {', '.join(map(str, deep_drops))} are not preceded by a flat stretch of {a['flat_len']} layers"
+               if deep_drops else "no layer there has a significant drop")
+        parts.append(f"no review layer found: {why} ({deep}); no post-integrated layer")
+    return ". ".join(parts) + "."
+
+
+def min_hellinger_check(
+    hellinger: xr.DataArray,
+    *,
+    post_layer: int | None = None,
+    exclude_last: int = 2,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> HellingerCheck:
+    """Fig. 5 check: which layer's image attention is closest to the final layer's?
+
+    ``hellinger``: DataArray ``("layer", "sample")``, layer coords 0..N-1, Hellinger
+    distance of each layer's image-attention distribution to the final layer's. The last
+    ``exclude_last`` layers are not searched (default 2: the final layer is the reference
+    itself and its neighbour is trivially close), so layers 0..N-1-exclude_last are.
+    Returns the layer with the smallest mean distance, the layers statistically tied with
+    it, and whether it equals ``post_layer`` (the drop-based post-integrated layer).
+    """
+    _check_unit(confidence, "confidence")
+    if int(exclude_last) != exclude_last or exclude_last < 0:
+        raise ValueError(f"exclude_last must be a non-negative integer, got {exclude_last!r}")
+    h = _as_layer_sample(hellinger, "hellinger", min_layers=exclude_last + 1)
+    d = np.asarray(h.values, dtype=float)
+    if d.min() < 0:
+        raise ValueError("hellinger distances must be >= 0")
+    n_layers = d.shape[0]
+    searched = n_layers - exclude_last
+    mean = d.mean(axis=1)
+    best = int(np.argmin(mean[:searched]))
+    means = stats.resampled_means(d, n_resamples=n_resamples, seed=seed)
+    tail = 100 * (1 - confidence) / 2
+    diff = means[:, :searched] - means[:, [best]]
+    tied = tuple(int(L) for L in range(searched) if np.percentile(diff[:, L], tail) <= 0)
+    ds = xr.Dataset(
+        {"mean": ("layer", mean),
+         "ci": (("layer", "bound"), np.stack([np.percentile(means, tail, 0), np.percentile(means, 100 - tail, 0)], -1))},
+        coords={"layer": np.arange(n_layers), "bound": ["low", "high"]},
+        attrs=dict(exclude_last=exclude_last, confidence=confidence),
+    )
+    agrees = None if post_layer is None else best == int(post_layer)
+    reason = (f"layer {best} has the smallest mean Hellinger distance to the final layer "
+              f"({mean[best]:.4f}) among layers 0..{searched - 1}")
+    if len(tied) > 1:
+        reason += f"; not distinguishable from layers {', '.join(str(L) for L in tied if L != best)}"
+    if post_layer is not None:
+        verdict = "agrees with" if agrees else "differs from"
+        reason += f"; {verdict} the drop-based post-integrated layer {post_layer}"
+        if not agrees and int(post_layer) in tied:
+            reason += " (which is statistically tied with it)"
+    return HellingerCheck(best, tied, agrees, reason + ".", ds)

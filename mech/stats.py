@@ -1,0 +1,177 @@
+"""Small, vectorised statistics for per-sample scores (numpy/scipy only).
+
+Conventions: per-sample scores live on the last axis (``(..., sample)``); scores are
+correctness in {0, 1} or soft scores in [0, 1] (e.g. VQA accuracy). Every random
+routine takes an integer ``seed`` so results are reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import stats as _st
+
+__all__ = [
+    "bootstrap_ci",
+    "resampled_means",
+    "paired_bootstrap_diff",
+    "mcnemar",
+    "paired_test",
+    "holm",
+]
+
+#: Below this many discordant pairs ``mcnemar(exact=None)`` uses the exact binomial test;
+#: the chi-square approximation is the textbook choice from 25 up.
+EXACT_BELOW = 25
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}; use e.g. 0.95")
+
+
+def bootstrap_ci(
+    values,
+    *,
+    stat: Callable = np.mean,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: str = "percentile",
+    axis: int = -1,
+):
+    """Bootstrap confidence interval of ``stat`` over samples (``scipy.stats.bootstrap``).
+
+    ``values``: array ``(..., sample)`` (samples along ``axis``); every leading row gets
+    its own interval in one vectorised call. ``stat`` must accept ``axis=`` (numpy
+    reductions do). ``method`` is ``"percentile"`` by default because it stays defined
+    for degenerate samples (all-correct / all-wrong rows), where BCa returns NaN;
+    pass ``method="BCa"`` for better small-sample coverage. Returns ``(low, high)``:
+    floats for 1-D input, arrays of the leading shape otherwise.
+    """
+    _check_confidence(confidence)
+    x = np.asarray(values, dtype=float)
+    if x.shape[axis] < 2:
+        raise ValueError(f"bootstrap needs at least 2 samples along axis {axis}, got {x.shape}")
+    # batch bounds memory: scipy would otherwise materialise (n_resamples, *x.shape).
+    batch = max(1, int(2e7 // max(x.size, 1)))
+    res = _st.bootstrap(
+        (x,), stat, n_resamples=n_resamples, confidence_level=confidence, method=method,
+        axis=axis, vectorized=True, batch=batch, rng=np.random.default_rng(seed),
+    )
+    low, high = res.confidence_interval
+    return (float(low), float(high)) if np.ndim(low) == 0 else (low, high)
+
+
+def resampled_means(values, *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap means with ONE set of resampled sample indices shared by all rows.
+
+    ``values``: ``(..., sample)``. Returns ``(n_resamples, ...)``. Sharing the resample
+    across rows keeps rows paired, so differences of rows' resampled means are valid
+    paired-bootstrap draws (this is what makes per-layer CIs on drops consistent).
+    Implemented as multinomial counts @ values, i.e. no ``(B, ..., n)`` array is built.
+    """
+    x = np.asarray(values, dtype=float)
+    n = x.shape[-1]
+    if n < 2:
+        raise ValueError(f"need at least 2 samples on the last axis, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples)  # (B, n)
+    flat = x.reshape(-1, n)
+    return (counts @ flat.T / n).reshape((n_resamples,) + x.shape[:-1])
+
+
+def _percentile_ci(draws: np.ndarray, confidence: float):
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
+
+
+def paired_bootstrap_diff(
+    a, b, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Mean difference ``a - b`` of two systems scored on the same samples.
+
+    ``a``, ``b``: same shape ``(..., sample)``. Returns ``dict(mean_diff, low, high,
+    p_value)`` (floats for 1-D input, arrays of the leading shape otherwise). The CI is
+    the percentile interval of resampled mean differences; ``p_value`` is two-sided for
+    H0 "mean difference is 0", from the bootstrap distribution shifted to the null:
+    ``(1 + #{|d* - d| >= |d|}) / (1 + B)``. Identical systems give diff 0 and p = 1.
+    """
+    _check_confidence(confidence)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must be scored on the same samples; shapes {a.shape} != {b.shape}")
+    d = a - b
+    obs = d.mean(axis=-1)
+    draws = resampled_means(d, n_resamples=n_resamples, seed=seed)
+    low, high = _percentile_ci(draws, confidence)
+    # tolerance: float sums of identical resamples must not count as "more extreme" noise
+    extreme = np.abs(draws - obs) >= np.abs(obs) - 1e-12
+    p = (1 + extreme.sum(axis=0)) / (1 + n_resamples)
+    out = dict(mean_diff=obs, low=low, high=high, p_value=np.minimum(p, 1.0))
+    return {k: float(v) for k, v in out.items()} if np.ndim(obs) == 0 else out
+
+
+def mcnemar(correct_a, correct_b, *, exact: bool | None = None) -> dict:
+    """McNemar's test for paired binary correctness of two systems on the same samples.
+
+    ``correct_a``, ``correct_b``: boolean/0-1 arrays ``(..., sample)``. Discordant counts:
+    ``b`` = a right & b wrong, ``c`` = a wrong & b right. ``exact=True``: two-sided exact
+    binomial test, ``p = min(1, 2 * BinomCDF(min(b, c); b + c, 1/2))``, statistic
+    ``min(b, c)``. ``exact=False``: chi-square with continuity correction,
+    ``(|b - c| - 1)^2 / (b + c)`` on 1 df. ``exact=None`` picks exact per row when
+    ``b + c < 25``. No discordant pairs gives statistic 0, p = 1. Returns
+    ``dict(b, c, statistic, p_value)`` (scalars for 1-D input, arrays otherwise).
+    """
+    x, y = np.asarray(correct_a), np.asarray(correct_b)
+    if x.shape != y.shape:
+        raise ValueError(f"correct_a and correct_b must cover the same samples; shapes {x.shape} != {y.shape}")
+    for name, arr in (("correct_a", x), ("correct_b", y)):
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{name} must be binary (0/1 or bool); for soft scores use paired_bootstrap_diff")
+    x, y = x.astype(bool), y.astype(bool)
+    b = (x & ~y).sum(axis=-1)
+    c = (~x & y).sum(axis=-1)
+    n = b + c
+    use_exact = n < EXACT_BELOW if exact is None else np.full(np.shape(n), bool(exact))
+    safe_n = np.maximum(n, 1)
+    p_exact = np.minimum(1.0, 2 * _st.binom.cdf(np.minimum(b, c), n, 0.5))
+    chi = np.where(n > 0, np.maximum(np.abs(b - c) - 1, 0) ** 2 / safe_n, 0.0)
+    p_chi = _st.chi2.sf(chi, 1)
+    stat = np.where(use_exact, np.minimum(b, c), chi).astype(float)
+    p = np.where(n > 0, np.where(use_exact, p_exact, p_chi), 1.0)
+    out = dict(b=b, c=c, statistic=stat, p_value=p)
+    if np.ndim(b) == 0:
+        return dict(b=int(b), c=int(c), statistic=float(stat), p_value=float(p))
+    return out
+
+
+def paired_test(a, b, *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Two-sided p-value(s) for "a and b have the same mean score" on paired samples.
+
+    ``a``, ``b``: ``(..., sample)``. Binary scores use :func:`mcnemar` (exact/chi-square
+    as documented there); soft scores use :func:`paired_bootstrap_diff`. Returns an
+    array of the leading shape.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all():
+        return np.asarray(mcnemar(a, b)["p_value"], dtype=float)
+    return np.asarray(paired_bootstrap_diff(a, b, n_resamples=n_resamples, seed=seed)["p_value"])
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error control); NaNs are left out."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q)
+    adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
