@@ -83,7 +83,7 @@ class Model:
             raise ValueError(
                 f"template {self.template!r} must contain exactly one {IMAGE_TOKEN} and '{{question}}'"
             )
-        self.processor = nn.processor
+        self.processor = getattr(nn, "processor", None)
         if self.processor is not None:
             self.processor.tokenizer.padding_side = "left"  # last prompt token at -1 in every row
         self.source = source
@@ -160,7 +160,8 @@ class Model:
         question first (dataset post-prompts).
         """
         if self.processor is None:
-            raise ValueError("this model was loaded without a processor; pass processor= to mech.load")
+            raise ValueError("this model was loaded without a processor; pass processor= to mech.load "
+                             "to build batches")
         ids = None
         if samples is not None:
             samples = list(samples)
@@ -209,8 +210,10 @@ class Model:
         Interventions in the block act on the prefill (the first forward), where the
         image tokens are; read ids from ``tr.result`` (prompt + new tokens).
         """
+        if self.processor is None:
+            raise ValueError("generate needs the model's processor: pass processor= to mech.load")
         kwargs.setdefault("do_sample", False)
-        kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id if self.processor else None)
+        kwargs.setdefault("pad_token_id", self.processor.tokenizer.pad_token_id)
         # nnsight's ``generate`` decides trace-or-call from its own caller's source; going
         # through ``trace(fn=...)`` makes our wrapper a trace context in every case.
         fn = type(self.nn).generate.__wrapped__.__get__(self.nn)
@@ -250,10 +253,15 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
 
     if isinstance(source, torch.nn.Module):
         family_of(source)
-        if processor is not None:
-            processor.tokenizer.padding_side = "left"
+        if processor is None:
+            # Structure only (e.g. a meta-device 7B): layers, paths and traces of
+            # ready-made inputs work; prepare and generate need a processor.
+            from nnsight import NNsight
+
+            return Model(NNsight(source), template=template, source=type(source).__name__)
+        processor.tokenizer.padding_side = "left"
         nn = TransformersModel(source, task="image-text-to-text", processor=processor,
-                               tokenizer=getattr(processor, "tokenizer", None))
+                               tokenizer=processor.tokenizer)
         return Model(nn, template=template, source=type(source).__name__)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"mech.load takes 'tiny', a path, a hub id or a model, not {type(source).__name__}")
