@@ -1,0 +1,128 @@
+"""Seaborn figures from the study datasets: one panel per dataset, layers on the x axis."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # studies run headless; notebooks switch back with %matplotlib inline
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+import xarray as xr  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="paper")
+PERCENT = 100.0
+
+
+def _panels(n_datasets: int, rows: int = 1, height: float = 2.6):
+    fig, axes = plt.subplots(rows, n_datasets, figsize=(3.4 * n_datasets, height * rows), squeeze=False,
+                             sharex=True)
+    return fig, axes
+
+
+def _band(ax, x, mean, ci, color, label):
+    ax.plot(x, mean, marker="o", ms=3, color=color, label=label)
+    ax.fill_between(x, ci[..., 0], ci[..., 1], color=color, alpha=0.2, linewidth=0)
+
+
+def layer_masking(ds: xr.Dataset, marks: dict | None = None):
+    """Accuracy (top) and 1/t (bottom) by masked layer; baseline dashed; optional marks
+    ``{"fusion": [...], "review": L}`` shaded on the accuracy panels."""
+    datasets = list(ds["dataset"].values)
+    fig, axes = _panels(len(datasets), rows=2)
+    colors = sns.color_palette("deep")
+    for j, name in enumerate(datasets):
+        one = ds.sel(dataset=name)
+        layers = one["layer"].values
+        ax = axes[0, j]
+        _band(ax, layers, one["accuracy"].values * PERCENT, one["accuracy_ci"].values * PERCENT, colors[0],
+              "image tokens zeroed")
+        ax.axhline(float(one["baseline_accuracy"]) * PERCENT, ls="--", color="0.3", label="no masking")
+        for layer in (marks or {}).get("fusion", []):
+            ax.axvspan(layer - 0.4, layer + 0.4, color=colors[2], alpha=0.15)
+        review = (marks or {}).get("review")
+        if review is not None:
+            ax.axvline(review, color=colors[3], lw=1.5, label=f"review layer {review}")
+        ax.set_title(str(name))
+        ax.set_ylabel("accuracy (%)" if j == 0 else "")
+        ax.set_ylim(0, 105)
+        ax = axes[1, j]
+        ax.plot(layers, one["mean_inverse_time"].values, marker="o", ms=3, color=colors[1])
+        ax.axhline(float(one["baseline_mean_inverse_time"]), ls="--", color="0.3")
+        ax.set_xlabel("decoder layer masked at input")
+        ax.set_ylabel("1/t (1/s)" if j == 0 else "")
+        ax.set_xticks(layers if len(layers) <= 16 else layers[::2])
+    axes[0, 0].legend(loc="lower right", fontsize=7)
+    fig.suptitle("Zero-masking image tokens layer by layer", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def hellinger_profile(ds: xr.Dataset):
+    """Mean Hellinger distance of A(i) to the final layer's A, with the 25-75% spread."""
+    datasets = list(ds["dataset"].values)
+    fig, axes = _panels(len(datasets))
+    for j, name in enumerate(datasets):
+        one = ds.sel(dataset=name)
+        layers = one["layer"].values
+        h = one["hellinger"].values  # [layer, sample]
+        ax = axes[0, j]
+        ax.plot(layers, np.nanmean(h, -1), marker="o", ms=3, label="mean")
+        ax.fill_between(layers, np.nanpercentile(h, 25, -1), np.nanpercentile(h, 75, -1), alpha=0.25,
+                        linewidth=0, label="25-75%")
+        ax.set_title(str(name))
+        ax.set_xlabel("decoder layer i")
+        ax.set_ylabel("Hellinger(A(i), A(final))" if j == 0 else "")
+        ax.set_ylim(0, 1)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pre_layer_histogram(ds: xr.Dataset):
+    """How often each layer is chosen as pre-integrated layer, per dataset."""
+    datasets = list(ds["dataset"].values)
+    fig, axes = _panels(len(datasets))
+    for j, name in enumerate(datasets):
+        one = ds.sel(dataset=name)
+        ax = axes[0, j]
+        sns.barplot(x=one["layer"].values, y=one["frequency"].values * PERCENT, ax=ax, color=sns.color_palette()[0])
+        ax.set_title(str(name))
+        ax.set_xlabel("pre-integrated layer i*")
+        ax.set_ylabel("samples (%)" if j == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def mask_ratio(ds: xr.Dataset):
+    """Accuracy and 1/t as the mask ratio rho goes from 0 to 1."""
+    datasets = list(ds["dataset"].values)
+    fig, axes = _panels(len(datasets), rows=2)
+    colors = sns.color_palette("deep")
+    for j, name in enumerate(datasets):
+        one = ds.sel(dataset=name)
+        ratios = one["ratio"].values
+        _band(axes[0, j], ratios, one["accuracy"].values * PERCENT, one["accuracy_ci"].values * PERCENT,
+              colors[0], "contrastive attention")
+        axes[0, j].axhline(float(one["baseline_accuracy"]) * PERCENT, ls="--", color="0.3", label="no intervention")
+        axes[0, j].set_title(str(name))
+        axes[0, j].set_ylabel("accuracy (%)" if j == 0 else "")
+        axes[1, j].plot(ratios, one["mean_inverse_time"].values, marker="o", ms=3, color=colors[1])
+        axes[1, j].set_xlabel("mask ratio rho")
+        axes[1, j].set_ylabel("1/t (1/s)" if j == 0 else "")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def strategies(ds: xr.Dataset):
+    """Accuracy per candidate strategy, per dataset, with CIs."""
+    frame = ds[["accuracy"]].to_dataframe().reset_index()
+    frame["accuracy"] *= PERCENT
+    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * ds.sizes["strategy"], 2.8))
+    sns.barplot(frame, x="strategy", y="accuracy", hue="dataset", ax=ax)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel("candidate set for the pre-integrated layer")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,239 @@
+"""What every study shares: its command line, its inputs, and how results are written.
+
+Each study is ``python -m studies.NAME`` with the same options (``--model``,
+``--datasets``, ``--limit``, ``--batch-size``, ``--max-new-tokens``, ``--out``,
+``--remote``, ``--seed``) and writes ``<out>/<name>.nc`` (an ``xarray.Dataset`` whose
+``attrs`` say how it was made) plus figures as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+DEFAULT_OUT = Path("runs")
+
+
+def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny",
+                   help="'tiny' (the embedded model, default), a local checkpoint folder, or a "
+                        "Hugging Face id such as llava-hf/llava-1.5-7b-hf")
+    p.add_argument("--revision", default=None, help="hub revision to pin (with a hub id)")
+    p.add_argument("--datasets", default="shapes",
+                   help="comma-separated: shapes, vqav2, gqa, textvqa, okvqa, vizwiz, docvqa "
+                        "(default: shapes)")
+    p.add_argument("--limit", type=int, default=200,
+                   help="samples per dataset, a seeded subsample (default: 200)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="samples per generate call; 1 gives exact per-sample 1/t (default: 16)")
+    p.add_argument("--max-new-tokens", type=int, default=4, help="answer length cap (default: 4)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"output folder shared by all studies: {name}.nc and figures go there, "
+                        "generation chunks under chunks/, and finished chunks are reused by every "
+                        "study (default: runs)")
+    p.add_argument("--remote", action="store_true",
+                   help="run on NDIF (nnsight remote=True; NDIF_HOST / NDIF_API_KEY from nnsight's config)")
+    p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def check_args(args) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"--limit {args.limit}: give at least 1 sample per dataset")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"--out {args.out} is a file; give a folder")
+    dataset_names(args)
+
+
+def dataset_names(args) -> list[str]:
+    import mech
+
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if not names:
+        raise SystemExit("--datasets is empty; e.g. --datasets shapes")
+    unknown = [n for n in names if n not in mech.datasets.DATASETS]
+    if unknown:
+        raise SystemExit(f"unknown dataset(s) {unknown}; known: {sorted(mech.datasets.DATASETS)}")
+    return names
+
+
+def load_model(args):
+    import mech
+
+    return mech.load(args.model, revision=args.revision, dispatch=not args.remote)
+
+
+def load_samples(args) -> dict[str, list]:
+    """``{dataset: samples}`` for ``--datasets`` with ``--limit`` and ``--seed``."""
+    import mech
+
+    return {n: list(mech.datasets.load(n, limit=args.limit, seed=args.seed)) for n in dataset_names(args)}
+
+
+def run_options(args) -> dict[str, Any]:
+    """Keyword options every study passes to `mech.run` / `mech.sweep`."""
+    options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                   progress=not args.no_progress)
+    if args.remote:
+        options["remote"] = True
+    return options
+
+
+def provenance(args, model, **extra) -> dict[str, Any]:
+    """``attrs`` for a study dataset: how it was made (netCDF-safe values)."""
+    import nnsight
+    import torch
+    import transformers
+
+    import mech
+
+    attrs = {
+        "model": model.source, "revision": model.revision or "", "family": model.family.name,
+        "decoder_layers": model.n_layers, "prompt_template": model.template,
+        "datasets": args.datasets, "limit": args.limit if args.limit is not None else -1,
+        "seed": args.seed, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "remote": int(bool(args.remote)),
+        "command": " ".join(shlex.quote(a) for a in [f"python -m {sys.argv[0]}", *sys.argv[1:]])
+        if sys.argv and sys.argv[0] else "",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": json.dumps({"mech": getattr(mech, "__version__", "0.1.0"), "torch": torch.__version__,
+                                "transformers": transformers.__version__,
+                                "nnsight": nnsight.__version__, "xarray": xr.__version__,
+                                "python": platform.python_version()}),
+    }
+    for key, value in extra.items():
+        attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+    return attrs
+
+
+def write_dataset(ds: xr.Dataset, out: Path, name: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.nc"
+    tmp = path.with_suffix(".nc.tmp")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written file
+    return path
+
+
+def write_figure(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def chunks(out: Path, dataset: str) -> Path:
+    """Where the runner keeps one dataset's chunk files; shared by all studies."""
+    return out / "chunks" / dataset
+
+
+PER_SAMPLE = ("score", "inverse_time", "new_tokens")
+
+
+def positional(ds: xr.Dataset) -> xr.Dataset:
+    """Sample ids -> a ``sample_id`` coordinate over a positional ``sample`` dim."""
+    ids = ds["sample"].values
+    ds = ds.drop_vars([v for v in ("dataset",) if v in ds.coords])
+    return ds.assign_coords(sample=np.arange(len(ids)), sample_id=("sample", ids.astype(str)))
+
+
+def per_dataset(runs: dict[str, xr.Dataset]) -> xr.Dataset:
+    """``{dataset: Dataset(..., sample)}`` -> one Dataset with a leading ``dataset`` dim
+    (shorter datasets are NaN-padded along ``sample``)."""
+    names = list(runs)
+    parts = [positional(runs[n]).assign(is_sample=lambda d: xr.ones_like(d["sample"], dtype=bool))
+             for n in names]
+    ds = xr.concat(parts, dim=xr.DataArray(names, dims="dataset", name="dataset"), join="outer")
+    ds["is_sample"] = ds["is_sample"].fillna(False).astype(bool)
+    ds["is_sample"].attrs["long_name"] = "a real sample (False: padding of a shorter dataset)"
+    return ds
+
+
+def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path, seed: int = 0,
+            **run_options) -> xr.Dataset:
+    """Baseline plus one run per intervention, on the same samples, as one Dataset.
+
+    ``named``: ``{coordinate: intervention}`` along the new dim ``dim`` (e.g. layer -> ZeroImage).
+    Dims: ``dataset``, ``dim``, ``sample`` (positional, ``sample_id`` coord), ``bound``.
+    Vars: ``score``, ``inverse_time`` (1/s), ``new_tokens`` and numeric per-sample extras
+    (``extra_*``, e.g. ``extra_pre_layer``) over (dataset, dim, sample); ``baseline_score``,
+    ``baseline_inverse_time`` over (dataset, sample); ``accuracy``/``accuracy_ci``,
+    ``mean_inverse_time`` and ``baseline_*`` summaries with percentile-bootstrap 95% CIs.
+    """
+    import mech
+
+    coords = list(named)
+    runs = {}
+    for name, samples in samples_by_dataset.items():
+        folders = {"baseline": None, **{mech.runner.slug(named[c]): named[c] for c in coords}}
+        results = mech.sweep(model, samples, folders, out=chunks(out, name), **run_options)
+        parts = []
+        for c in coords:
+            one = results[mech.runner.slug(named[c])].to_xarray()
+            extra = [v for v in one.data_vars if v.startswith("extra_") and one[v].dims == ("sample",)]
+            parts.append(one[[*PER_SAMPLE, *extra]])
+        stacked = xr.concat(parts, dim=xr.DataArray(coords, dims=dim, name=dim))
+        base = results["baseline"].to_xarray()
+        stacked["baseline_score"] = base["score"]
+        stacked["baseline_inverse_time"] = base["inverse_time"]
+        runs[name] = stacked.drop_vars("dataset", errors="ignore")
+    return summarise(per_dataset(runs), seed)
+
+
+def summarise(ds: xr.Dataset, seed: int) -> xr.Dataset:
+    """Add accuracy with bootstrap CIs and mean 1/t, per dataset and run."""
+    parts = []
+    for name in ds["dataset"].values:
+        one = ds.sel(dataset=name)
+        one = one.isel(sample=np.flatnonzero(one["is_sample"].values))
+        masked = accuracy_with_ci(one["score"], seed)
+        base = accuracy_with_ci(one["baseline_score"], seed)
+        parts.append(xr.Dataset({
+            "accuracy": masked["accuracy"], "accuracy_ci": masked["accuracy_ci"],
+            "mean_inverse_time": one["inverse_time"].mean("sample"),
+            "baseline_accuracy": base["accuracy"], "baseline_accuracy_ci": base["accuracy_ci"],
+            "baseline_mean_inverse_time": one["baseline_inverse_time"].mean("sample"),
+        }))
+    ds = ds.merge(xr.concat(parts, dim=ds["dataset"]))
+    for var in ds.data_vars:
+        unit = "1/s" if "inverse_time" in var else "tokens" if var == "new_tokens" else \
+            "fraction" if ("score" in var or "accuracy" in var) else None
+        if unit:
+            ds[var].attrs["units"] = unit
+    for var in ("accuracy_ci", "baseline_accuracy_ci"):
+        ds[var].attrs["long_name"] = "95% percentile bootstrap CI of the mean over samples"
+    ds["inverse_time"].attrs["long_name"] = "1/t: inverse seconds in generate per sample"
+    return ds
+
+
+def accuracy_with_ci(score: xr.DataArray, seed: int, confidence: float = 0.95) -> xr.Dataset:
+    """Mean over ``sample`` with a percentile-bootstrap CI (``bound`` = low/high)."""
+    from mech import stats
+
+    values = score.transpose(..., "sample").values
+    low, high = stats.bootstrap_ci(values, confidence=confidence, seed=seed, axis=-1)
+    dims = [d for d in score.dims if d != "sample"]
+    mean = score.mean("sample")
+    ci = xr.DataArray(np.stack([np.asarray(low), np.asarray(high)], -1), dims=[*dims, "bound"],
+                      coords={**{d: score[d] for d in dims}, "bound": ["low", "high"]})
+    return xr.Dataset({"accuracy": mean, "accuracy_ci": ci})

@@ -1,0 +1,84 @@
+"""Hellinger profile of image attention (the paper's Fig. 5).
+
+For each sample, A(i) — the last prompt token's attention to the image tokens at
+decoder layer i, mean over heads, renormalised over the image tokens — is captured at
+every layer in one pass, and H(A(i), A(final)) is its Hellinger distance to the final
+layer's. The paper takes the layer whose attention is closest to the final one (the
+minimum before the last layers) as the post-integrated layer; `mech.discovery.
+min_hellinger_check` reports that layer and whether it agrees with the drop-based one.
+
+Writes ``hellinger_profile.nc`` and ``hellinger_profile.png/.pdf`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import common
+
+
+def attention_by_layer(record, layers) -> list[torch.Tensor]:
+    """A(i) of one runner record, per layer (each ``[n_image]``)."""
+    return [torch.tensor(record.extras[str(layer)]) for layer in layers]
+
+
+def profile(model, samples_by_dataset: dict, *, out, heads: str = "mean", **run_options) -> xr.Dataset:
+    """Dataset with ``hellinger`` over (dataset, layer, sample), in [0, 1]."""
+    import mech
+    from mech.contrastive import hellinger
+
+    layers = list(range(model.n_layers))
+    capture = mech.CaptureImageAttention(layers=layers, heads=heads)
+    options = {**run_options, "max_new_tokens": 1}  # attention is read in the prefill
+    runs = {}
+    for name, samples in samples_by_dataset.items():
+        results = mech.sweep(model, samples, {f"capture-{heads}": capture}, out=common.chunks(out, name),
+                             **options)[f"capture-{heads}"]
+        distances = []
+        for record in results.records:
+            attention = torch.stack(attention_by_layer(record, layers))  # [layer, n_image]
+            distances.append(hellinger(attention, attention[-1:]).numpy())
+        base = results.to_xarray()
+        runs[name] = xr.Dataset(
+            {"hellinger": (("layer", "sample"), np.stack(distances, -1))},
+            coords={"layer": layers, "sample": base["sample"].values})
+    ds = common.per_dataset(runs)
+    ds["hellinger"].attrs.update(units="1", long_name="Hellinger distance of A(i) to A(final layer)")
+    ds["layer"].attrs["long_name"] = "decoder layer i (0-based)"
+    return ds
+
+
+def check(ds: xr.Dataset, post_layer=None, seed: int = 0):
+    """`mech.discovery.min_hellinger_check` on the samples pooled over datasets."""
+    from mech.discovery import min_hellinger_check
+
+    from .layers import pooled
+
+    return min_hellinger_check(pooled(ds, "hellinger").transpose("layer", "sample"), post_layer=post_layer,
+                               seed=seed)
+
+
+def main(argv=None) -> xr.Dataset:
+    parser = common.parser("hellinger_profile", __doc__)
+    parser.add_argument("--heads", default="mean", choices=["mean", "max"], help="head reduction (default: mean)")
+    args = parser.parse_args(argv)
+    common.check_args(args)
+    model = common.load_model(args)
+    ds = profile(model, common.load_samples(args), out=args.out, heads=args.heads, **common.run_options(args))
+    found = check(ds, seed=args.seed)
+    ds.attrs.update(common.provenance(args, model, study="hellinger_profile", heads=args.heads,
+                                      closest_layer=found.layer, closest_reason=found.reason))
+    path = common.write_dataset(ds, args.out, "hellinger_profile")
+    from mech import plots
+
+    figures = common.write_figure(plots.hellinger_profile(ds), args.out, "hellinger_profile")
+    print(ds["hellinger"].mean("sample").to_pandas().round(3).to_string())
+    print(found.reason)
+    print(f"wrote {path} and {', '.join(map(str, figures))}")
+    return ds
+
+
+if __name__ == "__main__":
+    main()

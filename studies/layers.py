@@ -1,0 +1,77 @@
+"""Which layers a contrastive study uses: given on the command line, or discovered.
+
+Discovery runs the layer-masking sweep (reusing finished chunks) and applies
+`mech.discovery.discover_layers` to the per-sample scores pooled over datasets. When
+no review layer is found, the study says so and falls back to the paper's relative
+depth (`mech.default_review_layer`), labelled ``"fallback"`` everywhere it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+
+@dataclass(frozen=True)
+class Layers:
+    fusion: tuple[int, ...]
+    review: int
+    post: int
+    source: str     # "given", "discovered" or "fallback"
+    reason: str
+
+    def attrs(self) -> dict:
+        return {"fusion_layers": list(self.fusion), "review_layer": self.review, "post_layer": self.post,
+                "layers_source": self.source, "layers_reason": self.reason}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--review", type=int, default=None,
+                        help="review layer (0-based); default: discovered from the layer-masking sweep")
+    parser.add_argument("--post", type=int, default=None,
+                        help="post-integrated layer; default: the layer before the review layer")
+    parser.add_argument("--fusion", default=None,
+                        help="comma-separated fusion layers S; default: discovered")
+
+
+def pooled(ds: xr.Dataset, var: str) -> xr.DataArray:
+    """``var`` over (…, dataset, sample) -> (…, sample) with all datasets' real samples."""
+    stacked = ds[var].stack(pooled=("dataset", "sample"))
+    keep = ds["is_sample"].stack(pooled=("dataset", "sample")).values
+    out = stacked.isel(pooled=np.flatnonzero(keep)).drop_vars(["pooled", "dataset", "sample", "sample_id"],
+                                                            errors="ignore")
+    return out.rename(pooled="sample")
+
+
+def discover(masking: xr.Dataset, *, seed: int = 0):
+    """`mech.discovery.LayerDiscovery` from a layer-masking study Dataset."""
+    from mech.discovery import discover_layers
+
+    correct = pooled(masking, "score").transpose("layer", "sample")
+    baseline = pooled(masking, "baseline_score")
+    return discover_layers(correct, baseline=baseline, seed=seed)
+
+
+def resolve(args, model, masking: xr.Dataset | None) -> Layers:
+    """Layers from ``--review/--post/--fusion`` or, where absent, from ``masking``."""
+    import mech
+
+    fusion = tuple(int(x) for x in args.fusion.split(",")) if args.fusion else None
+    if args.review is not None:
+        review = model.check_layer(args.review, "review layer")
+        post = model.check_layer(args.post if args.post is not None else review - 1, "post-integrated layer")
+        found = discover(masking, seed=args.seed) if fusion is None and masking is not None else None
+        return Layers(fusion if fusion is not None else (found.fusion_layers if found else ()),
+                      review, post, "given", "review layer given with --review")
+    found = discover(masking, seed=args.seed)
+    fusion = fusion if fusion is not None else found.fusion_layers
+    if found.review_layer is not None:
+        post = found.post_layer if args.post is None else model.check_layer(args.post, "post-integrated layer")
+        return Layers(fusion, found.review_layer, post, "discovered", found.reason)
+    review = mech.default_review_layer(model.n_layers)
+    post = review - 1 if args.post is None else model.check_layer(args.post, "post-integrated layer")
+    return Layers(fusion, review, post, "fallback",
+                  f"{found.reason} Falling back to the paper's relative depth (29 of 32): review layer "
+                  f"{review} of {model.n_layers}.")

@@ -1,0 +1,136 @@
+"""The main job: find where the model fuses vision into language, then refine it.
+
+1. Layer-masking sweep: zero the image tokens at the input of every decoder layer.
+2. Discover the fusion layers S, the review layer and the post-integrated layer from
+   significant accuracy drops (`mech.discovery.discover_layers`; when no review layer
+   is found it says so and falls back to the paper's relative depth, labelled).
+3. Check the post-integrated layer against the Hellinger profile (Fig. 5): the layer
+   whose image attention is closest to the final layer's.
+4. Evaluate the model with and without contrastive attention at those layers on the
+   same samples: accuracy per dataset and on average (the paper's Table 1 row), the
+   paired bootstrap 95% CI of the difference, and a paired test (McNemar for 0/1
+   scores, paired bootstrap for soft scores).
+
+Defaults run offline on the embedded tiny model and the shapes set. Everything lands
+under ``--out`` (default ``runs/``): ``review_layer.nc``, ``layer_masking.nc``,
+``hellinger_profile.nc`` and their figures; finished generation chunks are reused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from . import common, hellinger_profile, layers as layer_choice
+from .layer_masking import sweep as masking_sweep
+from .strategies import add_contrastive_arguments
+
+
+def paired_table(ds: xr.Dataset, seed: int) -> xr.Dataset:
+    """Per dataset (and ``average``): accuracy of baseline and contrastive, difference
+    with its paired bootstrap CI, and the paired-test p-value."""
+    from mech import stats
+
+    rows = {}
+    pooled_a, pooled_b = [], []
+    for name in ds["dataset"].values:
+        one = ds.sel(dataset=name).isel(sample=np.flatnonzero(ds["is_sample"].sel(dataset=name).values))
+        a = one["baseline_score"].values
+        b = one["score"].sel(method="contrastive").values
+        pooled_a.append(a)
+        pooled_b.append(b)
+        diff = stats.paired_bootstrap_diff(b, a, seed=seed)
+        rows[str(name)] = (a.mean(), b.mean(), diff["mean_diff"], diff["low"], diff["high"],
+                           float(stats.paired_test(b, a, seed=seed)), len(a))
+    if len(rows) > 1:
+        a, b = np.concatenate(pooled_a), np.concatenate(pooled_b)
+        diff = stats.paired_bootstrap_diff(b, a, seed=seed)
+        means = np.array([r[:3] for r in rows.values()]).mean(0)  # average over datasets, as the paper
+        rows["average"] = (*means, diff["low"], diff["high"], float(stats.paired_test(b, a, seed=seed)), len(a))
+    names = list(rows)
+    values = np.array([rows[n] for n in names], dtype=float)
+    table = xr.Dataset(
+        {"baseline_accuracy": ("row", values[:, 0]), "contrastive_accuracy": ("row", values[:, 1]),
+         "difference": ("row", values[:, 2]),
+         "difference_ci": (("row", "bound"), values[:, 3:5]), "p_value": ("row", values[:, 5]),
+         "n_samples": ("row", values[:, 6].astype(int))},
+        coords={"row": names, "bound": ["low", "high"]})
+    for var in ("baseline_accuracy", "contrastive_accuracy", "difference", "difference_ci"):
+        table[var].attrs["units"] = "fraction"
+    table["difference_ci"].attrs["long_name"] = "paired bootstrap 95% CI of contrastive - baseline"
+    table["p_value"].attrs["long_name"] = "paired test: McNemar (0/1 scores) or paired bootstrap (soft)"
+    table["row"].attrs["long_name"] = "dataset, or 'average' (mean of dataset accuracies; CI/test pooled)"
+    return table
+
+
+def format_table(table: xr.Dataset) -> str:
+    lines = [f"{'':<10} {'baseline':>9} {'contrastive':>12} {'diff':>7}  {'95% CI':<16} {'p':>7}  n"]
+    for row in table["row"].values:
+        r = table.sel(row=row)
+        lo, hi = (float(v) * 100 for v in r["difference_ci"].values)
+        lines.append(f"{row:<10} {float(r['baseline_accuracy']) * 100:>8.1f}% "
+                     f"{float(r['contrastive_accuracy']) * 100:>11.1f}% {float(r['difference']) * 100:>+6.1f}  "
+                     f"[{lo:+.1f}, {hi:+.1f}]{'':<3} {float(r['p_value']):>7.3f}  {int(r['n_samples'])}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> xr.Dataset:
+    import mech
+    from mech import plots
+
+    parser = common.parser("review_layer", __doc__)
+    add_contrastive_arguments(parser)
+    parser.add_argument("--candidates", default="fusion",
+                        help="candidate set for the pre-integrated layer: fusion (the discovered set S; "
+                             "'all' when S has no layer below the post layer), all, shallow or deep "
+                             "(default: fusion)")
+    args = parser.parse_args(argv)
+    common.check_args(args)
+    model = common.load_model(args)
+    samples = common.load_samples(args)
+    options = common.run_options(args)
+    print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}")
+
+    print("1/4 layer-masking sweep")
+    masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **options)
+    chosen = layer_choice.resolve(args, model, masking)
+    masking.attrs.update(common.provenance(args, model, study="layer_masking", **chosen.attrs()))
+    common.write_dataset(masking, args.out, "layer_masking")
+    common.write_figure(plots.layer_masking(masking, {"fusion": chosen.fusion, "review": chosen.review}),
+                        args.out, "layer_masking")
+    print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
+          f"post-integrated layer {chosen.post}\n    {chosen.reason}")
+
+    print("3/4 Hellinger profile")
+    profile = hellinger_profile.profile(model, samples, out=args.out, **options)
+    check = hellinger_profile.check(profile, post_layer=chosen.post, seed=args.seed)
+    profile.attrs.update(common.provenance(args, model, study="hellinger_profile", closest_layer=check.layer,
+                                           closest_reason=check.reason))
+    common.write_dataset(profile, args.out, "hellinger_profile")
+    common.write_figure(plots.hellinger_profile(profile), args.out, "hellinger_profile")
+    print(f"    {check.reason}")
+
+    candidates = args.candidates
+    if candidates == "fusion":
+        below = [l for l in chosen.fusion if l < chosen.post]
+        candidates = below if below else "all"
+    print(f"4/4 baseline vs contrastive attention (candidates {candidates}, rho {args.rho}, lambda {args.lam})")
+    intervention = mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=candidates,
+                                        rho=args.rho, lam=args.lam)
+    ds = common.compare(model, samples, {"contrastive": intervention}, "method", out=args.out, seed=args.seed,
+                        **options)
+    table = paired_table(ds, args.seed)
+    ds = ds.merge(table)
+    ds.attrs.update(common.provenance(
+        args, model, study="review_layer", rho=args.rho, lam=args.lam, candidates=candidates,
+        intervention=repr(intervention), hellinger_closest_layer=check.layer,
+        hellinger_agrees=str(check.agrees), **chosen.attrs()))
+    path = common.write_dataset(ds, args.out, "review_layer")
+    print(format_table(table))
+    print(f"wrote {path}, {args.out / 'layer_masking.nc'}, {args.out / 'hellinger_profile.nc'} and figures "
+          f"(.png/.pdf) in {args.out}")
+    return ds
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Each study end to end on a small random checkpoint: the netCDF files and figures."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from mech.zoo.random_llava import random_llava
+from studies import common, hellinger_profile, layer_masking, layers, mask_ratio, pre_layer, review_layer, strategies
+
+ARGS = ["--limit", "6", "--batch-size", "3", "--max-new-tokens", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A saved 6-layer random LLaVA whose processor knows the shapes words."""
+    from mech.datasets.shapes import VOCABULARY
+
+    folder = tmp_path_factory.mktemp("random-llava")
+    module, processor = random_llava(layers=6, image_size=64, patch_size=16, words=VOCABULARY)
+    module.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def common_attrs_ok(ds, study):
+    assert ds.attrs["study"] == study
+    for key in ("model", "family", "decoder_layers", "prompt_template", "datasets", "limit", "seed",
+                "max_new_tokens", "command", "created"):
+        assert key in ds.attrs, key
+    assert {"torch", "transformers", "nnsight"} <= set(json.loads(ds.attrs["versions"]))
+
+
+def test_review_layer_writes_everything(checkpoint, out, capsys):
+    review_layer.main(["--model", checkpoint, "--out", str(out), *ARGS])
+    printed = capsys.readouterr().out
+    assert "layers (" in printed and "baseline" in printed and "contrastive" in printed
+    for name in ("review_layer", "layer_masking", "hellinger_profile"):
+        assert (out / f"{name}.nc").exists()
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
+
+    ds = xr.open_dataset(out / "layer_masking.nc")
+    assert ds["score"].dims == ("dataset", "layer", "sample")
+    assert list(ds["layer"].values) == list(range(6))
+    assert ds["accuracy_ci"].dims == ("dataset", "layer", "bound")
+    assert ds["inverse_time"].attrs["units"] == "1/s" and ds["accuracy"].attrs["units"] == "fraction"
+    assert (ds["accuracy_ci"].sel(bound="low") <= ds["accuracy"] + 1e-12).all()
+    common_attrs_ok(ds, "layer_masking")
+    assert "review_layer" in ds.attrs and "layers_source" in ds.attrs
+
+    ds = xr.open_dataset(out / "hellinger_profile.nc")
+    assert ds["hellinger"].dims == ("dataset", "layer", "sample")
+    h = ds["hellinger"].values
+    assert np.all((h >= 0) & (h <= 1 + 1e-6)) and np.allclose(h[:, -1], 0, atol=1e-6)
+
+    ds = xr.open_dataset(out / "review_layer.nc")
+    assert ds["score"].dims == ("dataset", "method", "sample") and list(ds["method"].values) == ["contrastive"]
+    assert ds["difference_ci"].dims == ("row", "bound")
+    assert 0 <= float(ds["p_value"].sel(row="shapes")) <= 1
+    common_attrs_ok(ds, "review_layer")
+    assert ds.attrs["rho"] == 0.2 and ds.attrs["lam"] == 0.1
+
+
+def test_rerun_reuses_every_chunk(checkpoint, out, capsys):
+    """A second run of the main job recomputes nothing (resume through the runner)."""
+    import mech
+
+    before = {p: p.stat().st_mtime_ns for p in (out / "chunks").rglob("*") if p.is_file() and "chunk" in p.name}
+    review_layer.main(["--model", checkpoint, "--out", str(out), *ARGS])
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert before and before == after
+
+
+def test_other_studies(checkpoint, out):
+    base = ["--model", checkpoint, "--out", str(out), *ARGS, "--review", "5"]
+    ds = strategies.main(base)
+    assert ds["accuracy"].dims == ("dataset", "strategy") and "all" in ds["strategy"].values
+    ds = pre_layer.main(base)
+    assert ds["frequency"].dims == ("dataset", "layer")
+    assert np.allclose(ds["frequency"].sum("layer"), 1)
+    assert int(ds["count"].sum()) == 6
+    ds = mask_ratio.main([*base, "--ratios", "0,0.5,1"])
+    assert list(ds["ratio"].values) == [0, 0.5, 1] and ds["ratio"].attrs["units"] == "fraction"
+    for name in ("strategies", "pre_layer", "mask_ratio"):
+        reopened = xr.open_dataset(out / f"{name}.nc")
+        common_attrs_ok(reopened, name)
+        assert reopened.attrs["review_layer"] == 5 and reopened.attrs["layers_source"] == "given"
+
+
+def synthetic_masking(accuracy, n=400, seed=0):
+    """A layer-masking Dataset with Bernoulli per-sample scores at given per-layer accuracies."""
+    rng = np.random.default_rng(seed)
+    u = rng.random(n)
+    score = (u[None, :] < np.asarray(accuracy)[:, None]).astype(float)  # nested: monotone in accuracy
+    ds = xr.Dataset({"score": (("layer", "sample"), score),
+                     "baseline_score": ("sample", (u < 0.97).astype(float))},
+                    coords={"layer": np.arange(len(accuracy)), "sample": [f"s{i}" for i in range(n)]})
+    return common.per_dataset({"shapes": ds})
+
+
+class Args:
+    review = post = fusion = None
+    seed = 0
+
+
+class EightLayers:
+    n_layers = 8
+
+    def check_layer(self, layer, what="layer"):
+        return layer
+
+
+def test_discovered_layers_or_an_honest_fallback():
+    dip = [0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6, 0.9]  # a drop at 6 after a flat stretch
+    chosen = layers.resolve(Args(), EightLayers(), synthetic_masking(dip))
+    assert (chosen.source, chosen.review, chosen.post) == ("discovered", 6, 5)
+    rising = [0.12, 0.30, 0.30, 0.34, 0.38, 0.59, 0.79, 0.79]
+    chosen = layers.resolve(Args(), EightLayers(), synthetic_masking(rising))
+    assert chosen.source == "fallback" and "no review layer found" in chosen.reason
+    assert chosen.review == 7  # the paper's relative depth, said so in the reason
+    assert "relative depth" in chosen.reason
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    with pytest.raises(SystemExit, match="--batch-size 0"):
+        layer_masking.main(["--batch-size", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown dataset"):
+        hellinger_profile.main(["--datasets", "shapes,nope", "--out", str(tmp_path)])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="is a file"):
+        review_layer.main(["--out", str(tmp_path / "file")])
