@@ -56,3 +56,13 @@ def random_images(n: int, seed: int = 0, sizes=None) -> list[Image.Image]:
 
 
 QUESTIONS = ["what color is the circle?", "what shape is red?", "is the square blue?"]
+
+
+def tiny_samples(n: int, seed: int = 0, dataset: str = "shapes", sizes=None):
+    """``n`` synthetic `Sample`s with random images, cycling `QUESTIONS` and mixed gold answers."""
+    from mech.datasets import Sample
+
+    answers = ["square", "blue", "yes", "circle"]
+    images = random_images(n, seed=seed, sizes=sizes)
+    return [Sample(f"{dataset}-{i:03d}", dataset, images[i], QUESTIONS[i % len(QUESTIONS)],
+                   (answers[i % len(answers)],) * 10) for i in range(n)]
