@@ -23,6 +23,7 @@ records (timings aside) as an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import warnings
@@ -102,13 +103,38 @@ class Results:
     def scores(self) -> list[float | None]:
         return [r.score for r in self.records]
 
+    @classmethod
+    def load(cls, folder) -> "Results":
+        """Read a finished run's folder without the model (``computed`` stays empty).
+
+        Raises ValueError if a chunk is missing, unreadable, or from another configuration.
+        """
+        folder = Path(folder)
+        meta = json.loads((folder / "run.json").read_text())
+        base = {k: v for k, v in meta.pop("fingerprint").items() if k != "samples"}
+        n_chunks = -(-meta["n_samples"] // meta["chunk_size"])
+        records, store = [], st.ChunkStore(folder)
+        for index in range(n_chunks):
+            try:
+                data = json.loads(store.path(index).read_text())
+                fingerprint = dict(data["fingerprint"])
+                fingerprint.pop("samples")
+                chunk = [Record(**r) for r in data["records"]]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{store.path(index)}: missing or unreadable ({error}); "
+                                 f"rerun mech.run with out={str(folder)!r} to finish it") from None
+            if st.dumps(fingerprint) != st.dumps(base):
+                raise ValueError(f"{store.path(index)} is from another configuration than run.json")
+            records += chunk
+        return cls(records, meta, reused=list(range(n_chunks)))
+
     def to_xarray(self):
         """``xarray.Dataset`` with dim ``sample`` (coords: ``sample`` id, ``dataset``).
 
         Vars: ``score``, ``correct`` (score >= 1, full credit), ``seconds`` (s),
         ``inverse_time`` (1/s), ``new_tokens``, ``prediction``, ``batch_size``, ``timing``;
-        extras that are numbers become ``extra_<key>``, equal-length lists
-        ``extra_<key>`` over a dim ``<key>_index``; ragged ones stay in the records.
+        extras that are numbers become ``extra_<key>``, equal-length flat lists
+        ``extra_<key>`` over a dim ``<key>_index``; ragged or nested ones stay in the records.
         """
         import numpy as np
         import xarray as xr
@@ -133,9 +159,11 @@ class Results:
                 data[name] = ("sample", np.array(values), {})
             elif all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
                 try:
-                    data[name] = (("sample", f"{name[6:]}_index"), np.array(values, dtype=float), {})
+                    array = np.array(values, dtype=float)
                 except (TypeError, ValueError):  # nested ragged lists
-                    pass
+                    continue
+                if array.ndim == 2:
+                    data[name] = (("sample", f"{name[6:]}_index"), array, {})
         attrs = {k: v if isinstance(v, (int, float, str)) else st.dumps(v)
                  for k, v in self.meta.items() if v is not None}
         coords = {"sample": [r.id for r in recs], "dataset": ("sample", [r.dataset for r in recs])}
@@ -164,7 +192,9 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         chunk_size: samples per chunk file, a multiple of ``batch_size``; default the
             smallest multiple >= 64. Batches never straddle chunks.
         extras: keep all per-sample intervention results (True), none (False), or the
-            named keys (CaptureImageAttention with all layers and heads can be large).
+            named labels (CaptureImageAttention with all layers and heads can be large).
+            Labels are the result keys (``"pre_layer"``; ``"layer5"`` for a layer key),
+            prefixed ``"Class."`` when a list is run (``"Class[i]."`` if a class repeats).
         progress: show a tqdm bar.
     """
     from tqdm.auto import tqdm
@@ -174,7 +204,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
     _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
     if chunk_size is None:
         chunk_size = batch_size * -(-64 // batch_size)
-    keep = extras if isinstance(extras, bool) else sorted(set(extras))
+    keep = extras if isinstance(extras, bool) else sorted({extras} if isinstance(extras, str) else set(extras))
     store = st.ChunkStore(out) if out is not None else None
     base = {
         "format": st.FORMAT,
@@ -205,11 +235,16 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             fingerprint = {**base, "samples": {"ids": [s.id for s in chunk],
                                                "digest": st.sample_digest(chunk, texts)}}
             stored, problem = store.load(index, fingerprint) if store is not None else (None, None)
+            if stored is not None:
+                try:
+                    stored = [Record(**r) for r in stored]
+                except TypeError as error:
+                    stored, problem = None, f"{store.path(index)}: corrupt chunk ({error}); recomputing"
             if problem:
                 warnings.warn(problem, st.ChunkWarning, stacklevel=2)
                 result.rejected[index] = problem
             if stored is not None:
-                records += [Record(**r) for r in stored]
+                records += stored
                 result.reused.append(index)
                 bar.update(len(chunk))
                 continue
@@ -337,7 +372,7 @@ def _split_results(interventions, results, batch, keep) -> list[dict]:
         prefix = "" if len(names) == 1 else (f"{name}." if names.count(name) == 1 else f"{name}[{i}].")
         per_image = _PER_IMAGE.get(name, ...)
         for key, value in result.items():
-            label = f"{prefix}{key}"
+            label = prefix + (f"layer{key}" if isinstance(key, int) else str(key))
             if key in _RUN_CONSTANTS.get(name, ()) or (keep is not True and label not in keep):
                 continue
             if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch.size:

@@ -202,3 +202,14 @@ def test_out_that_is_a_file_errors(llava, samples, tmp_path):
 def test_duplicate_ids_error(llava, samples):
     with pytest.raises(ValueError, match="unique"):
         mech.run(llava, [samples[0], samples[0]], progress=False)
+
+
+def test_results_load_reads_a_finished_folder(llava, samples, tmp_path):
+    done = mech.run(llava, samples, mech.ContrastiveMask(review=3), out=tmp_path, batch_size=3,
+                    max_new_tokens=2, extras="pre_layer", progress=False)
+    loaded = mech.Results.load(tmp_path)
+    assert [asdict(r) for r in loaded.records] == [asdict(r) for r in done.records]
+    assert set(loaded.records[0].extras) == {"pre_layer"} and loaded.meta["timing"] == "amortised"
+    (tmp_path / "chunk-00000.json").unlink()
+    with pytest.raises(ValueError, match="chunk-00000.json: missing"):
+        mech.Results.load(tmp_path)
