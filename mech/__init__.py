@@ -2,7 +2,8 @@
 
 The public API: `load` a model, `Model.prepare` a batch, and inside
 ``model.trace(batch)`` / ``model.generate(batch)`` `apply` interventions —
-`ZeroImage`, `ScaleImage`, `Knockout`, `CaptureImageAttention`, `ContrastiveMask`.
+`ZeroImage`, `ScaleImage`, `Knockout`, `CaptureImageAttention`, `ContrastiveMask`;
+`run` them over samples (batched generate, scoring, timing, resumable chunk files).
 """
 
 import nnsight as _nnsight
@@ -12,6 +13,8 @@ from .batch import Batch
 from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention, Knockout,
                             ScaleImage, ZeroImage, apply, default_review_layer)
 from .model import Model, load
+from .runner import Record, Results, run, slug, sweep
+from .store import ChunkWarning
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
 # ship its source with each request.
@@ -19,4 +22,5 @@ _nnsight.register(__name__)
 
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
-           "attention", "contrastive", "datasets"]
+           "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
+           "Results", "ChunkWarning"]

@@ -1,0 +1,349 @@
+"""The one runner every study uses: batched greedy generation, scoring, timing, resume.
+
+::
+
+    results = mech.run(model, samples, mech.ZeroImage(layer=3), out="runs/zero3",
+                       batch_size=8, max_new_tokens=8)
+    ds = results.to_xarray()      # dim "sample": score, correct, seconds, inverse_time, ...
+
+Timing (``Record.seconds``, and 1/t = ``inverse_time`` in 1/s): the clock
+(``time.perf_counter``, after a CUDA synchronise on GPU) runs around the
+``with model.generate(...)`` block only — batch preparation, decoding, scoring and
+writing are outside it. With ``batch_size=1`` each record's seconds is that sample's
+exact generate wall time (``timing="per-sample"``). With larger batches a batch's time
+is divided equally among its samples (``timing="amortised"``); a smaller last batch of
+a chunk amortises over fewer samples, and each record says how many (``batch_size``).
+The first batch also pays one-off costs (nnsight compiling the block, CUDA kernels).
+
+Resume: with ``out=``, samples are cut into chunks of ``chunk_size`` (see `mech.store`
+for the file format); a finished chunk whose fingerprint matches is read back, not
+recomputed, so a killed run restarted with the same arguments ends with the same
+records (timings aside) as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from . import metrics
+from . import prompts as prompts_mod
+from . import store as st
+from .interventions import Intervention, apply
+from .results import Record, Results
+
+__all__ = ["run", "sweep", "slug", "Record", "Results", "SHORT_ANSWER_DATASETS"]
+
+# Datasets whose prompt asks for "a single word or phrase": like LLaVA's evaluation we
+# keep the first line only, so a rambling continuation does not spoil an exact match.
+SHORT_ANSWER_DATASETS = frozenset(prompts_mod.POST_PROMPTS)
+
+# Result keys in the batch's padded image-token layout ([batch, ..., n_image]): trimmed
+# to each sample's own image-token count so records do not depend on batch-mates.
+# None means every key. Unknown interventions: last dim == n_image is taken as this layout.
+_PER_IMAGE = {"ContrastiveMask": {"scores", "weights"}, "CaptureImageAttention": None}
+# Results that are the same for every sample (not along the batch dim) are not extras.
+_RUN_CONSTANTS = {"ContrastiveMask": {"candidates"}}
+
+
+# -- the runner ------------------------------------------------------------------------
+
+
+def run(model, samples: Iterable, intervention: Intervention | Sequence[Intervention] | None = None,
+        *, out=None, batch_size: int = 8, max_new_tokens: int = 8,
+        question_prompt: Callable = prompts_mod.question_prompt, chunk_size: int | None = None,
+        extras: bool | Iterable[str] = True, progress: bool = True) -> Results:
+    """Greedy-generate answers for ``samples`` under ``intervention`` and score them.
+
+    Args:
+        model: a `mech.Model` with its processor.
+        samples: `mech.datasets.Sample` objects with unique ids.
+        intervention: None, one intervention, or a list composed with `mech.apply`
+            (acting on the prefill of every batch). Tensor parameters shaped by a batch
+            (per-token weights) are refused: the runner makes its own batches.
+        out: folder for chunk files (resume); None keeps everything in memory.
+        batch_size: samples per generate call (1 gives exact per-sample timings).
+        max_new_tokens: generation length cap.
+        question_prompt: ``sample -> str``, the text put in the model's template.
+        chunk_size: samples per chunk file, a multiple of ``batch_size``; default the
+            smallest multiple >= 64. Batches never straddle chunks.
+        extras: keep all per-sample intervention results (True), none (False), or the
+            named labels (CaptureImageAttention with all layers and heads can be large).
+            Labels are the result keys (``"pre_layer"``; ``"layer5"`` for a layer key),
+            prefixed ``"Class."`` when a list is run (``"Class[i]."`` if a class repeats).
+        progress: show a tqdm bar.
+    """
+    from tqdm.auto import tqdm
+
+    samples = list(samples)
+    interventions = _as_list(intervention)
+    _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
+    if chunk_size is None:
+        chunk_size = batch_size * -(-64 // batch_size)
+    keep = extras if isinstance(extras, bool) else sorted({extras} if isinstance(extras, str) else set(extras))
+    store = st.ChunkStore(out) if out is not None else None
+    base = {
+        "format": st.FORMAT,
+        "model": st.model_fingerprint(model),
+        "intervention": st.canonical(interventions) if interventions else None,
+        "generation": {"max_new_tokens": max_new_tokens, "do_sample": False, "batch_size": batch_size},
+        "prompt": {"question_prompt": _name(question_prompt)},
+        "extras": keep,
+    }
+    meta = {
+        "model": model.source, "revision": model.revision, "family": model.family.name,
+        "intervention": st.dumps(base["intervention"]), "slug": slug(intervention),
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunk_size": chunk_size,
+        "question_prompt": _name(question_prompt), "n_samples": len(samples),
+        "timing": "per-sample" if batch_size == 1 else "amortised",
+        "device": str(model.device), "versions": _versions(),
+    }
+    if store is not None:
+        store.write(store.folder / "run.json", {**meta, "fingerprint": {**base, "samples": "per chunk"}})
+
+    records: list[Record] = []
+    result = Results(records, meta)
+    bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=meta["slug"])
+    try:
+        for index, lo in enumerate(range(0, len(samples), chunk_size)):
+            chunk = samples[lo:lo + chunk_size]
+            texts = [model.prompt(question_prompt(s)) for s in chunk]
+            fingerprint = {**base, "samples": {"ids": [s.id for s in chunk],
+                                               "digest": st.sample_digest(chunk, texts)}}
+            stored, problem = _reuse(store, index, fingerprint)
+            if problem:
+                warnings.warn(problem, st.ChunkWarning, stacklevel=2)
+                result.rejected[index] = problem
+            if stored is not None:
+                records += stored
+                result.reused.append(index)
+                bar.update(len(chunk))
+                continue
+            new = []
+            for b in range(0, len(chunk), batch_size):
+                new += _run_batch(model, chunk[b:b + batch_size], interventions, max_new_tokens,
+                                  question_prompt, keep)
+                bar.update(len(chunk[b:b + batch_size]))
+            if store is not None:
+                store.save(index, fingerprint, [asdict(r) for r in new],
+                           {"device": meta["device"], "versions": meta["versions"],
+                            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            records += new
+            result.computed.append(index)
+    finally:
+        bar.close()
+    return result
+
+
+def sweep(model, samples: Iterable, interventions, *, out=None, **kwargs) -> dict[str, Results]:
+    """`run` each intervention on the same samples; ``{name: Results}``.
+
+    ``interventions``: a mapping ``name -> intervention`` (None or a list allowed as values),
+    or a sequence named by `slug`. With ``out``, each run resumes in ``out/<name>``.
+    """
+    samples = list(samples)
+    if isinstance(interventions, Mapping):
+        named = dict(interventions)
+    else:
+        named = {}
+        for iv in interventions:
+            name = slug(iv)
+            if name in named:
+                raise ValueError(f"intervention {iv!r} is given twice")
+            named[name] = iv
+    for name in named:
+        if not re.fullmatch(r"[\w.+=-]+", name):
+            raise ValueError(f"run name {name!r} is not a safe folder name ([A-Za-z0-9_.+=-])")
+    return {name: run(model, samples, iv, out=None if out is None else Path(out) / name, **kwargs)
+            for name, iv in named.items()}
+
+
+def slug(intervention) -> str:
+    """Stable folder name: readable non-default parameters plus a hash of all of them.
+
+    ``slug(None) == "baseline"``; ``slug(ZeroImage(layer=3))`` is like
+    ``"zeroimage-layer3-1f0c2a9b"``; lists join their parts with ``+``.
+    """
+    interventions = _as_list(intervention)
+    if not interventions:
+        return "baseline"
+    parts = []
+    for iv in interventions:
+        words = [type(iv).__name__.lower()]
+        for f in getattr(iv, "__dataclass_fields__", {}).values():
+            value = getattr(iv, f.name)
+            if f.init and _differs(value, f.default):
+                text = st.dumps(st.canonical(value)) if not isinstance(value, str) else value
+                words.append(f.name + re.sub(r"[^\w.]+", ".", text).strip("."))
+        parts.append("-".join(words))
+    return "+".join(parts)[:80] + "-" + st.digest(st.canonical(interventions))[:8]
+
+
+def _reuse(store, index, fingerprint) -> tuple[list[Record] | None, str | None]:
+    """Chunk ``index``'s records if stored and matching; else None and why, if it exists."""
+    if store is None:
+        return None, None
+    stored, problem = store.load(index, fingerprint)
+    try:
+        return (None if stored is None else [Record(**r) for r in stored]), problem
+    except TypeError as error:
+        return None, f"{store.path(index)}: corrupt chunk ({error}); recomputing"
+
+
+# -- one batch ---------------------------------------------------------------------------
+
+
+def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, keep) -> list[Record]:
+    batch = model.prepare(samples, question_prompt=question_prompt)
+    results = None
+    with torch.no_grad():
+        start = time.perf_counter()
+        with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
+            if interventions:
+                results = apply(model, batch, *interventions)
+            ids = tracer.result.save()
+        if ids.device.type == "cuda":
+            torch.cuda.synchronize(ids.device)
+        seconds = time.perf_counter() - start
+    new = ids[:, batch.seq_len:].cpu()
+    counts = _count_new_tokens(new, _eos_ids(model))
+    tokenizer = model.processor.tokenizer
+    per_sample = _split_results(interventions, results, batch, keep)
+    n = len(samples)
+    records = []
+    for i, sample in enumerate(samples):
+        text = tokenizer.decode(new[i, :counts[i]], skip_special_tokens=True).strip()
+        if sample.dataset in SHORT_ANSWER_DATASETS:
+            text = text.split("\n", 1)[0].strip()
+        score = metrics.score(sample.dataset, text, sample.answers) if len(sample.answers) else None
+        records.append(Record(id=sample.id, dataset=sample.dataset, prediction=text, score=score,
+                              seconds=seconds / n, new_tokens=counts[i],
+                              timing="per-sample" if n == 1 else "amortised", batch_size=n,
+                              extras=per_sample[i]))
+    return records
+
+
+def _eos_ids(model) -> set[int]:
+    eos = model.nn._module.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    tok = model.processor.tokenizer.eos_token_id
+    return set(eos) | ({tok} if tok is not None else set())
+
+
+def _count_new_tokens(new: torch.Tensor, eos: set[int]) -> list[int]:
+    """Tokens before the first EOS in each row of ``new`` ``[batch, new]`` (padding only
+    ever follows an EOS: generate pads rows that finished early)."""
+    if not eos:
+        return [new.shape[1]] * new.shape[0]
+    stop = torch.isin(new, torch.tensor(sorted(eos)))
+    first = torch.where(stop.any(1), stop.int().argmax(1), torch.tensor(new.shape[1]))
+    return first.tolist()
+
+
+def _split_results(interventions, results, batch, keep) -> list[dict]:
+    """Per-sample extras from ``mech.apply``'s results: tensors along the batch dim, as
+    plain Python values; per-image-token ones trimmed to the sample's own tokens."""
+    rows = [dict() for _ in range(batch.size)]
+    if not interventions or keep is False:
+        return rows
+    results = [results] if len(interventions) == 1 else list(results)
+    names = [type(iv).__name__ for iv in interventions]
+    counts = batch.image_counts.tolist()
+    n_image = batch.image_index.shape[1]
+    for i, (name, result) in enumerate(zip(names, results)):
+        prefix = "" if len(names) == 1 else (f"{name}." if names.count(name) == 1 else f"{name}[{i}].")
+        per_image = _PER_IMAGE.get(name, ...)
+        for key, value in result.items():
+            label = prefix + (f"layer{key}" if isinstance(key, int) else str(key))
+            if key in _RUN_CONSTANTS.get(name, ()) or (keep is not True and label not in keep):
+                continue
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch.size:
+                continue
+            value = value.detach().cpu()
+            if per_image is ...:
+                trim = value.dim() >= 2 and value.shape[-1] == n_image
+            else:
+                trim = per_image is None or key in per_image
+            for b in range(batch.size):
+                rows[b][label] = (value[b, ..., :counts[b]] if trim else value[b]).tolist()
+    return rows
+
+
+# -- checks and helpers ------------------------------------------------------------------
+
+
+def _as_list(intervention) -> list:
+    if intervention is None:
+        return []
+    if isinstance(intervention, Intervention):
+        return [intervention]
+    if isinstance(intervention, (list, tuple)):
+        for iv in intervention:
+            if not isinstance(iv, Intervention):
+                raise TypeError(f"not an intervention: {iv!r}")
+        return list(intervention)
+    raise TypeError(f"intervention must be None, a mech intervention or a list of them, "
+                    f"not {type(intervention).__name__}")
+
+
+def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size) -> None:
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
+    if chunk_size is not None and chunk_size % batch_size:
+        # Batches never straddle chunks, so any other size would quietly shrink batches.
+        raise ValueError(f"chunk_size={chunk_size} must be a multiple of batch_size={batch_size}")
+    if not samples:
+        raise ValueError("no samples to run: the sample list is empty")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"sample ids must be unique (records and chunks are keyed by id); "
+                         f"repeated: {dupes}")
+    for sample in samples:
+        if sample.dataset not in metrics.METRIC_OF:
+            raise ValueError(f"sample {sample.id}: no metric for dataset {sample.dataset!r}; "
+                             f"known: {sorted(metrics.METRIC_OF)}")
+    if model.processor is None:
+        raise ValueError("the runner needs a model loaded with its processor")
+    for iv in interventions:
+        iv.validate(model)
+        for f in getattr(iv, "__dataclass_fields__", {}).values():
+            value = getattr(iv, f.name)
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                raise ValueError(f"{type(iv).__name__}.{f.name} is a tensor of shape "
+                                 f"{tuple(value.shape)}, tied to one batch; the runner builds its "
+                                 f"own batches, so give a scalar")
+
+
+def _differs(value, default) -> bool:
+    try:
+        return bool(value != default)
+    except Exception:  # tensors and other odd values: show them
+        return True
+
+
+def _name(fn) -> str:
+    inner = getattr(fn, "func", fn)  # functools.partial
+    name = f"{getattr(inner, '__module__', '?')}.{getattr(inner, '__qualname__', repr(inner))}"
+    if inner is not fn:
+        name += st.dumps(st.canonical([list(fn.args), dict(fn.keywords)]))
+    return name
+
+
+def _versions() -> dict:
+    import nnsight
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "nnsight": getattr(nnsight, "__version__", "?")}
+
