@@ -58,7 +58,8 @@ _RUN_CONSTANTS = {"ContrastiveMask": {"candidates"}}
 def run(model, samples: Iterable, intervention: Intervention | Sequence[Intervention] | None = None,
         *, out=None, batch_size: int = 8, max_new_tokens: int = 8,
         question_prompt: Callable = prompts_mod.question_prompt, chunk_size: int | None = None,
-        extras: bool | Iterable[str] = True, progress: bool = True) -> Results:
+        extras: bool | Iterable[str] = True, progress: bool = True,
+        remote: bool | str = False) -> Results:
     """Greedy-generate answers for ``samples`` under ``intervention`` and score them.
 
     Args:
@@ -78,6 +79,9 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             Labels are the result keys (``"pre_layer"``; ``"layer5"`` for a layer key),
             prefixed ``"Class."`` when a list is run (``"Class[i]."`` if a class repeats).
         progress: show a tqdm bar.
+        remote: nnsight's ``remote=`` (``True``: NDIF; ``"local"``: serialisation dry run).
+            Results do not depend on it, so it is not part of the chunk fingerprint; the
+            seconds then include the round trip to the server.
     """
     from tqdm.auto import tqdm
 
@@ -102,7 +106,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunk_size": chunk_size,
         "question_prompt": _name(question_prompt), "n_samples": len(samples),
         "timing": "per-sample" if batch_size == 1 else "amortised",
-        "device": str(model.device), "versions": _versions(),
+        "device": str(model.device), "versions": _versions(), "remote": str(remote),
     }
     if store is not None:
         store.write(store.folder / "run.json", {**meta, "fingerprint": {**base, "samples": "per chunk"}})
@@ -128,7 +132,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             new = []
             for b in range(0, len(chunk), batch_size):
                 new += _run_batch(model, chunk[b:b + batch_size], interventions, max_new_tokens,
-                                  question_prompt, keep)
+                                  question_prompt, keep, remote)
                 bar.update(len(chunk[b:b + batch_size]))
             if store is not None:
                 store.save(index, fingerprint, [asdict(r) for r in new],
@@ -199,12 +203,14 @@ def _reuse(store, index, fingerprint) -> tuple[list[Record] | None, str | None]:
 # -- one batch ---------------------------------------------------------------------------
 
 
-def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, keep) -> list[Record]:
+def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, keep,
+               remote=False) -> list[Record]:
     batch = model.prepare(samples, question_prompt=question_prompt)
     results = None
     with torch.no_grad():
         start = time.perf_counter()
-        with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
+        options = {"remote": remote} if remote else {}
+        with model.generate(batch, max_new_tokens=max_new_tokens, **options) as tracer:
             if interventions:
                 results = apply(model, batch, *interventions)
             ids = tracer.result.save()

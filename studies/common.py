@@ -91,7 +91,7 @@ def run_options(args) -> dict[str, Any]:
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    progress=not args.no_progress)
     if args.remote:
-        options["remote"] = True
+        options["remote"] = True  # NDIF; the model was loaded on the meta device
     return options
 
 

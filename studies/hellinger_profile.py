@@ -21,7 +21,7 @@ from . import common
 
 def attention_by_layer(record, layers) -> list[torch.Tensor]:
     """A(i) of one runner record, per layer (each ``[n_image]``)."""
-    return [torch.tensor(record.extras[str(layer)]) for layer in layers]
+    return [torch.tensor(record.extras[f"layer{layer}"]) for layer in layers]
 
 
 def profile(model, samples_by_dataset: dict, *, out, heads: str = "mean", **run_options) -> xr.Dataset:

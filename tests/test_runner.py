@@ -213,3 +213,20 @@ def test_results_load_reads_a_finished_folder(llava, samples, tmp_path):
     (tmp_path / "chunk-00000.json").unlink()
     with pytest.raises(ValueError, match="chunk-00000.json: missing"):
         mech.Results.load(tmp_path)
+
+
+def test_remote_local_run_equals_local_run():
+    """The runner's remote path (nnsight remote="local") gives the same records."""
+    import mech
+    from tiny_models import tiny_llava, tiny_samples
+
+    module, processor = tiny_llava()
+    model = mech.load(module, processor=processor)
+    samples = tiny_samples(4)
+    intervention = mech.ContrastiveMask(review=3)
+    local = mech.run(model, samples, intervention, batch_size=2, max_new_tokens=2, progress=False)
+    remote = mech.run(model, samples, intervention, batch_size=2, max_new_tokens=2, progress=False,
+                      remote="local")
+    assert [r.prediction for r in local.records] == [r.prediction for r in remote.records]
+    assert [r.extras for r in local.records] == [r.extras for r in remote.records]
+    assert remote.meta["remote"] == "local"
