@@ -126,7 +126,7 @@ def write_dataset(ds: xr.Dataset, out: Path, name: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.nc"
     tmp = path.with_suffix(".nc.tmp")
-    ds.to_netcdf(tmp, engine="h5netcdf")
+    ds.to_netcdf(tmp, engine="netcdf4")
     tmp.replace(path)  # atomic: a killed run never leaves a half-written file
     return path
 
