@@ -36,7 +36,7 @@ def paired_table(ds: xr.Dataset, seed: int) -> xr.Dataset:
     for name in ds["dataset"].values:
         one = ds.sel(dataset=name).isel(sample=np.flatnonzero(ds["is_sample"].sel(dataset=name).values))
         a = one["baseline_score"].values
-        b = one["score"].sel(method="contrastive").values
+        b = one["score"].sel(intervention="contrastive").values
         pooled_a.append(a)
         pooled_b.append(b)
         diff = stats.paired_bootstrap_diff(b, a, seed=seed)
@@ -117,7 +117,7 @@ def main(argv=None) -> xr.Dataset:
     print(f"4/4 baseline vs contrastive attention (candidates {candidates}, rho {args.rho}, lambda {args.lam})")
     intervention = mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=candidates,
                                         rho=args.rho, lam=args.lam)
-    ds = common.compare(model, samples, {"contrastive": intervention}, "method", out=args.out, seed=args.seed,
+    ds = common.compare(model, samples, {"contrastive": intervention}, "intervention", out=args.out, seed=args.seed,
                         **options)
     table = paired_table(ds, args.seed)
     ds = ds.merge(table)

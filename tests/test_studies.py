@@ -60,7 +60,8 @@ def test_review_layer_writes_everything(checkpoint, out, capsys):
     assert np.all((h >= 0) & (h <= 1 + 1e-6)) and np.allclose(h[:, -1], 0, atol=1e-6)
 
     ds = xr.open_dataset(out / "review_layer.nc")
-    assert ds["score"].dims == ("dataset", "method", "sample") and list(ds["method"].values) == ["contrastive"]
+    assert ds["score"].dims == ("dataset", "intervention", "sample")
+    assert list(ds["intervention"].values) == ["contrastive"]
     assert ds["difference_ci"].dims == ("row", "bound")
     assert 0 <= float(ds["p_value"].sel(row="shapes")) <= 1
     common_attrs_ok(ds, "review_layer")
