@@ -126,3 +126,30 @@ def strategies(ds: xr.Dataset):
     ax.set_xlabel("candidate set for the pre-integrated layer")
     fig.tight_layout()
     return fig
+
+
+def review_table(table: xr.Dataset):
+    """Baseline vs contrastive accuracy per dataset (left) and the difference with its
+    paired bootstrap 95% CI (right) — the review-layer study's Table 1 row as a figure."""
+    rows = [str(r) for r in table["row"].values]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(2.0 + 1.6 * len(rows), 2.8))
+    frame = []
+    for r in rows:
+        one = table.sel(row=r)
+        frame += [(r, "no intervention", float(one["baseline_accuracy"]) * PERCENT),
+                  (r, "contrastive attention", float(one["contrastive_accuracy"]) * PERCENT)]
+    import pandas as pd
+
+    sns.barplot(pd.DataFrame(frame, columns=["dataset", "model", "accuracy"]), x="dataset", y="accuracy",
+                hue="model", ax=left)
+    left.set_ylabel("accuracy (%)")
+    left.set_ylim(0, 105)
+    left.legend(fontsize=7, loc="lower right")
+    diff = table["difference"].values * PERCENT
+    ci = table["difference_ci"].values * PERCENT
+    right.errorbar(rows, diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff], fmt="o", capsize=4)
+    right.axhline(0, color="0.3", lw=1)
+    right.set_ylabel("contrastive - baseline (points)")
+    right.set_xlabel("dataset")
+    fig.tight_layout()
+    return fig

@@ -214,7 +214,7 @@ def summarise(ds: xr.Dataset, seed: int) -> xr.Dataset:
             "baseline_accuracy": base["accuracy"], "baseline_accuracy_ci": base["accuracy_ci"],
             "baseline_mean_inverse_time": one["baseline_inverse_time"].mean("sample"),
         }))
-    ds = ds.merge(xr.concat(parts, dim=ds["dataset"]))
+    ds = ds.merge(xr.concat(parts, dim=ds["dataset"]), compat="no_conflicts")
     for var in ds.data_vars:
         unit = "1/s" if "inverse_time" in var else "tokens" if var == "new_tokens" else \
             "fraction" if ("score" in var or "accuracy" in var) else None

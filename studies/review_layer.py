@@ -120,12 +120,13 @@ def main(argv=None) -> xr.Dataset:
     ds = common.compare(model, samples, {"contrastive": intervention}, "intervention", out=args.out, seed=args.seed,
                         **options)
     table = paired_table(ds, args.seed)
-    ds = ds.merge(table)
+    ds = ds.merge(table, compat="no_conflicts")
     ds.attrs.update(common.provenance(
         args, model, study="review_layer", rho=args.rho, lam=args.lam, candidates=candidates,
         intervention=repr(intervention), hellinger_closest_layer=check.layer,
         hellinger_agrees=str(check.agrees), **chosen.attrs()))
     path = common.write_dataset(ds, args.out, "review_layer")
+    common.write_figure(plots.review_table(table), args.out, "review_layer")
     print(format_table(table))
     print(f"wrote {path}, {args.out / 'layer_masking.nc'}, {args.out / 'hellinger_profile.nc'} and figures "
           f"(.png/.pdf) in {args.out}")
