@@ -165,6 +165,7 @@ def per_dataset(runs: dict[str, xr.Dataset]) -> xr.Dataset:
              for n in names]
     ds = xr.concat(parts, dim=xr.DataArray(names, dims="dataset", name="dataset"), join="outer")
     ds["is_sample"] = ds["is_sample"].fillna(False).astype(bool)
+    ds = ds.assign_coords(sample_id=ds["sample_id"].fillna("").astype(str))  # netCDF: no NaN in strings
     ds["is_sample"].attrs["long_name"] = "a real sample (False: padding of a shorter dataset)"
     return ds
 
