@@ -8,7 +8,7 @@ The public API: `load` a model, `Model.prepare` a batch, and inside
 
 import nnsight as _nnsight
 
-from . import attention, contrastive, datasets
+from . import attention, contrastive, datasets, remote
 from .batch import Batch
 from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention, Knockout,
                             ScaleImage, ZeroImage, apply, default_review_layer)

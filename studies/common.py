@@ -42,8 +42,10 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help=f"output folder shared by all studies: {name}.nc and figures go there, "
                         "generation chunks under chunks/, and finished chunks are reused by every "
                         "study (default: runs)")
-    p.add_argument("--remote", action="store_true",
-                   help="run on NDIF (nnsight remote=True; NDIF_HOST / NDIF_API_KEY from nnsight's config)")
+    p.add_argument("--remote", nargs="?", const="ndif", default=None, choices=["ndif", "local"],
+                   help="run through nnsight's remote path: bare --remote sends every trace to NDIF "
+                        "(NDIF_HOST / NDIF_API_KEY from nnsight's config; the model is loaded on the "
+                        "meta device here); --remote local is nnsight's serialisation dry run")
     p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -76,7 +78,11 @@ def dataset_names(args) -> list[str]:
 def load_model(args):
     import mech
 
-    return mech.load(args.model, revision=args.revision, dispatch=not args.remote)
+    if args.remote == "ndif":
+        from mech.remote import require_served
+
+        require_served(args.model, args.revision)
+    return mech.load(args.model, revision=args.revision, dispatch=args.remote != "ndif")
 
 
 def load_samples(args) -> dict[str, list]:
@@ -91,7 +97,7 @@ def run_options(args) -> dict[str, Any]:
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    progress=not args.no_progress)
     if args.remote:
-        options["remote"] = True  # NDIF; the model was loaded on the meta device
+        options["remote"] = True if args.remote == "ndif" else "local"
     return options
 
 
@@ -108,7 +114,7 @@ def provenance(args, model, **extra) -> dict[str, Any]:
         "decoder_layers": model.n_layers, "prompt_template": model.template,
         "datasets": args.datasets, "limit": args.limit if args.limit is not None else -1,
         "seed": args.seed, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "remote": int(bool(args.remote)),
+        "remote": args.remote or "no",
         "command": " ".join(shlex.quote(a) for a in [f"python -m {sys.argv[0]}", *sys.argv[1:]])
         if sys.argv and sys.argv[0] else "",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
