@@ -8,6 +8,8 @@ The public API: `load` a model, `Model.prepare` a batch, and inside
 
 import nnsight as _nnsight
 
+__version__ = "0.1.0"
+
 from . import attention, contrastive, datasets, remote
 from .batch import Batch
 from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention, Knockout,
@@ -23,4 +25,4 @@ _nnsight.register(__name__)
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
-           "Results", "ChunkWarning"]
+           "Results", "ChunkWarning", "remote", "__version__"]
