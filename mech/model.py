@@ -23,7 +23,8 @@ import torch
 from .batch import Batch
 
 IMAGE_TOKEN = "<image>"
-TINY_PATH = Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"
+# MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
+TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 
 TEMPLATES = {
     "vicuna": "USER: <image>\n{question} ASSISTANT:",
