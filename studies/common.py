@@ -148,6 +148,16 @@ def write_figure(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def finish(ds: xr.Dataset, args, model, study: str, figure, **attrs) -> xr.Dataset:
+    """Stamp provenance into ``ds.attrs``, write ``<out>/<study>.nc`` and its figure
+    (drawn by ``figure(ds)``), and say where they went."""
+    ds.attrs.update(provenance(args, model, study=study, **attrs))
+    path = write_dataset(ds, args.out, study)
+    figures = write_figure(figure(ds), args.out, study)
+    print(f"wrote {path} and {', '.join(map(str, figures))}")
+    return ds
+
+
 def chunks(out: Path, dataset: str) -> Path:
     """Where the runner keeps one dataset's chunk files; shared by all studies."""
     return out / "chunks" / dataset

@@ -68,16 +68,12 @@ def main(argv=None) -> xr.Dataset:
     model = common.load_model(args)
     ds = profile(model, common.load_samples(args), out=args.out, heads=args.heads, **common.run_options(args))
     found = check(ds, seed=args.seed)
-    ds.attrs.update(common.provenance(args, model, study="hellinger_profile", heads=args.heads,
-                                      closest_layer=found.layer, closest_reason=found.reason))
-    path = common.write_dataset(ds, args.out, "hellinger_profile")
     from mech import plots
 
-    figures = common.write_figure(plots.hellinger_profile(ds), args.out, "hellinger_profile")
     print(ds["hellinger"].mean("sample").to_pandas().round(3).to_string())
     print(found.reason)
-    print(f"wrote {path} and {', '.join(map(str, figures))}")
-    return ds
+    return common.finish(ds, args, model, "hellinger_profile", plots.hellinger_profile, heads=args.heads,
+                         closest_layer=found.layer, closest_reason=found.reason)
 
 
 if __name__ == "__main__":

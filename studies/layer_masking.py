@@ -34,15 +34,11 @@ def main(argv=None) -> xr.Dataset:
     model = common.load_model(args)
     samples = common.load_samples(args)
     ds = sweep(model, samples, out=args.out, seed=args.seed, **common.run_options(args))
-    ds.attrs.update(common.provenance(args, model, study="layer_masking",
-                                      intervention="ZeroImage(layer=L, at='input') during prefill"))
-    path = common.write_dataset(ds, args.out, "layer_masking")
     from mech import plots
 
-    figures = common.write_figure(plots.layer_masking(ds), args.out, "layer_masking")
     print(ds[["accuracy", "mean_inverse_time"]].to_dataframe().round(3).to_string())
-    print(f"wrote {path} and {', '.join(map(str, figures))}")
-    return ds
+    return common.finish(ds, args, model, "layer_masking", plots.layer_masking,
+                         intervention="ZeroImage(layer=L, at='input') during prefill")
 
 
 if __name__ == "__main__":

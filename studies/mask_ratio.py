@@ -36,15 +36,11 @@ def main(argv=None) -> xr.Dataset:
     model, samples, chosen = setup(args)
     ds = sweep(model, samples, chosen, out=args.out, ratios=ratios, lam=args.lam, seed=args.seed,
                **common.run_options(args))
-    ds.attrs.update(common.provenance(args, model, study="mask_ratio", lam=args.lam, candidates="all",
-                                      **chosen.attrs()))
-    path = common.write_dataset(ds, args.out, "mask_ratio")
     from mech import plots
 
-    figures = common.write_figure(plots.mask_ratio(ds), args.out, "mask_ratio")
     print((ds["accuracy"].to_pandas() * 100).round(1).to_string())
-    print(f"wrote {path} and {', '.join(map(str, figures))}")
-    return ds
+    return common.finish(ds, args, model, "mask_ratio", plots.mask_ratio, lam=args.lam, candidates="all",
+                         **chosen.attrs())
 
 
 if __name__ == "__main__":

@@ -46,15 +46,11 @@ def main(argv=None) -> xr.Dataset:
     model, samples, chosen = setup(args)
     ds = histogram(model, samples, chosen, out=args.out, rho=args.rho, lam=args.lam, seed=args.seed,
                    **common.run_options(args))
-    ds.attrs.update(common.provenance(args, model, study="pre_layer", rho=args.rho, lam=args.lam,
-                                      candidates="all", **chosen.attrs()))
-    path = common.write_dataset(ds, args.out, "pre_layer")
     from mech import plots
 
-    figures = common.write_figure(plots.pre_layer_histogram(ds), args.out, "pre_layer")
     print((ds["frequency"].to_pandas() * 100).round(1).to_string())
-    print(f"wrote {path} and {', '.join(map(str, figures))}")
-    return ds
+    return common.finish(ds, args, model, "pre_layer", plots.pre_layer_histogram, rho=args.rho, lam=args.lam,
+                         candidates="all", **chosen.attrs())
 
 
 if __name__ == "__main__":

@@ -94,20 +94,16 @@ def main(argv=None) -> xr.Dataset:
     print("1/4 layer-masking sweep")
     masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **options)
     chosen = layer_choice.resolve(args, model, masking)
-    masking.attrs.update(common.provenance(args, model, study="layer_masking", **chosen.attrs()))
-    common.write_dataset(masking, args.out, "layer_masking")
-    common.write_figure(plots.layer_masking(masking, {"fusion": chosen.fusion, "review": chosen.review}),
-                        args.out, "layer_masking")
+    marks = {"fusion": chosen.fusion, "review": chosen.review}
+    common.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
     print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
           f"post-integrated layer {chosen.post}\n    {chosen.reason}")
 
     print("3/4 Hellinger profile")
     profile = hellinger_profile.profile(model, samples, out=args.out, **options)
     check = hellinger_profile.check(profile, post_layer=chosen.post, seed=args.seed)
-    profile.attrs.update(common.provenance(args, model, study="hellinger_profile", closest_layer=check.layer,
-                                           closest_reason=check.reason))
-    common.write_dataset(profile, args.out, "hellinger_profile")
-    common.write_figure(plots.hellinger_profile(profile), args.out, "hellinger_profile")
+    common.finish(profile, args, model, "hellinger_profile", plots.hellinger_profile, closest_layer=check.layer,
+                  closest_reason=check.reason)
     print(f"    {check.reason}")
 
     candidates = args.candidates
@@ -121,16 +117,11 @@ def main(argv=None) -> xr.Dataset:
                         **options)
     table = paired_table(ds, args.seed)
     ds = ds.merge(table, compat="no_conflicts")
-    ds.attrs.update(common.provenance(
-        args, model, study="review_layer", rho=args.rho, lam=args.lam, candidates=candidates,
-        intervention=repr(intervention), hellinger_closest_layer=check.layer,
-        hellinger_agrees=str(check.agrees), **chosen.attrs()))
-    path = common.write_dataset(ds, args.out, "review_layer")
-    common.write_figure(plots.review_table(table), args.out, "review_layer")
     print(format_table(table))
-    print(f"wrote {path}, {args.out / 'layer_masking.nc'}, {args.out / 'hellinger_profile.nc'} and figures "
-          f"(.png/.pdf) in {args.out}")
-    return ds
+    return common.finish(ds, args, model, "review_layer", lambda d: plots.review_table(table), rho=args.rho,
+                         lam=args.lam, candidates=candidates, intervention=repr(intervention),
+                         hellinger_closest_layer=check.layer, hellinger_agrees=str(check.agrees),
+                         **chosen.attrs())
 
 
 if __name__ == "__main__":

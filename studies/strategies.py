@@ -69,18 +69,14 @@ def main(argv=None) -> xr.Dataset:
     model, samples, chosen = setup(args)
     ds = evaluate(model, samples, chosen, out=args.out, rho=args.rho, lam=args.lam, seed=args.seed,
                   **common.run_options(args))
-    ds.attrs.update(common.provenance(args, model, study="strategies", rho=args.rho, lam=args.lam,
-                                      **chosen.attrs()))
-    path = common.write_dataset(ds, args.out, "strategies")
     from mech import plots
 
-    figures = common.write_figure(plots.strategies(ds), args.out, "strategies")
     print(f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}, fusion {list(chosen.fusion)}")
     table = ds["accuracy"].to_pandas() * 100
     table["no intervention"] = ds["baseline_accuracy"].to_pandas() * 100
     print(table.round(1).to_string())
-    print(f"wrote {path} and {', '.join(map(str, figures))}")
-    return ds
+    return common.finish(ds, args, model, "strategies", plots.strategies, rho=args.rho, lam=args.lam,
+                         **chosen.attrs())
 
 
 if __name__ == "__main__":
