@@ -6,8 +6,6 @@ The public API: `load` a model, `Model.prepare` a batch, and inside
 `run` them over samples (batched generate, scoring, timing, resumable chunk files).
 """
 
-import nnsight as _nnsight
-
 __version__ = "0.1.0"
 
 from . import attention, contrastive, datasets, remote
@@ -19,8 +17,8 @@ from .runner import Record, Results, run, slug, sweep
 from .store import ChunkWarning
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
-# ship its source with each request.
-_nnsight.register(__name__)
+# its source ships with each request (see mech.remote.ship_by_value).
+remote.ship_by_value(__name__)
 
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",

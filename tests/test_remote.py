@@ -70,3 +70,26 @@ def test_mech_code_ships_by_value_to_a_server_without_mech():
                           cwd="/", timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().split() == ["0.541196", "ContrastiveMask", "0.3"]
+
+
+def test_remote_trace_works_with_every_mech_module_imported():
+    """Shipping mech must not depend on which of its modules happen to be imported
+    (the CLI and training code once made the pickle fail)."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib, pkgutil, torch, mech
+for info in pkgutil.walk_packages(mech.__path__, "mech."):
+    importlib.import_module(info.name)
+from mech.zoo.random_llava import random_llava, random_images
+module, processor = random_llava()
+model = mech.load(module, processor=processor)
+batch = model.prepare(questions=["what color is the circle?", "is red?"], images=random_images(2))
+with torch.no_grad(), model.trace(batch, remote="local"):
+    got = mech.apply(model, batch, mech.CaptureImageAttention(layers=[1]))
+print("shipped", tuple(got[1].shape))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shipped (2, 16)" in done.stdout
