@@ -95,7 +95,8 @@ def random_scene(rng: np.random.Generator, n_min: int = 1, n_max: int = 4, grid:
                  r_min: int = 5, r_max: int = 7, jitter: int = 1) -> Scene:
     """A scene of ``n_min..n_max`` objects in distinct cells, radius ``r_min..r_max`` px."""
     n = int(rng.integers(n_min, n_max + 1))
-    cells = rng.choice(grid * grid, size=n, replace=False)
+    # sorted so that one image has one scene key: object order must not move it across splits
+    cells = np.sort(rng.choice(grid * grid, size=n, replace=False))
     objs = tuple(
         Obj(SHAPES[rng.integers(3)], list(COLORS)[rng.integers(len(COLORS))],
             int(c) // grid, int(c) % grid, int(rng.integers(r_min, r_max + 1)))

@@ -1,7 +1,7 @@
 """Training batches for the tiny model: multi-turn LLaVA-1.5 sequences built from token
 ids directly (no per-sample processor call), with loss on answers only.
 
-A sequence is ``USER: <image>*64 q1 ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...``,
+A sequence is ``USER: <image>*N q1 ASSISTANT: a1 </s> USER: q2 ASSISTANT: a2 </s> ...``,
 exactly the tokens ``processor("USER: <image>\\n{q1} ASSISTANT:")`` gives for the first turn.
 """
 
@@ -51,7 +51,7 @@ class Batcher:
     attention mask is needed), labels ``-100`` except answer words and their ``</s>``.
     """
 
-    def __init__(self, tokenizer, seed: int, n_image_tokens: int = 64):
+    def __init__(self, tokenizer, seed: int, n_image_tokens: int):
         self.tok = tokenizer
         self.rng = split_rng("train", seed)
         self.image = [tokenizer.convert_tokens_to_ids("<image>")] * n_image_tokens

@@ -38,14 +38,15 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mech.zoo.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and the training-data stream")
     ap.add_argument("--out", default=DEFAULT_DIR, help="output folder (default %(default)s)")
-    ap.add_argument("--steps", type=int, default=4000, help="total optimizer steps (both phases)")
+    ap.add_argument("--steps", type=int, default=5000, help="total optimizer steps (both phases)")
     ap.add_argument("--phase2-share", type=float, default=0.4, help="share of steps in phase 2")
     ap.add_argument("--batch-size", type=int, default=32, help="images per step")
     ap.add_argument("--turns", type=int, default=4, help="question turns per image")
     ap.add_argument("--lr", type=float, default=1e-3, help="phase-1 peak lr")
     ap.add_argument("--lr2", type=float, default=5e-4, help="phase-2 peak lr")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch threads; 1 can beat 2 when another process holds a core")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on 2 shared cores, 2 OpenMP threads ran 8x "
+                         "slower than 1 while another process held a core)")
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation checks")
     ap.add_argument("--n-test", type=int, default=500, help="test samples for the final metrics")
     return ap.parse_args(argv)
@@ -100,7 +101,7 @@ def train(args) -> dict:
     processor = tiny_processor()
     model = build_model(args.seed, processor)
     model.train()
-    batcher = Batcher(processor.tokenizer, args.seed)
+    batcher = Batcher(processor.tokenizer, args.seed, model.config.image_seq_length)
     val = shapes("validation", n=250, seed=args.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
