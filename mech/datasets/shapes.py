@@ -162,7 +162,9 @@ def scene_in_split(rng: np.random.Generator, split: str, **kw) -> Scene:
 def shapes(split: str = "test", n: int = 300, seed: int = 0) -> list[Sample]:
     """``n`` shapes-VQA samples of ``split``, question types cycling through
     ``QUESTION_TYPES`` (equal shares), deterministic in ``(split, n, seed)`` prefix-wise:
-    ``shapes(s, 10)`` is the first 10 of ``shapes(s, 100)``.
+    ``shapes(s, 10)`` is the first 10 of ``shapes(s, 100)``. ``extras`` holds
+    ``question_type``, ``n_objects`` and the ``scene`` (objects with their grid cells;
+    with the tiny model's 16-px patches, cell (row, col) is image token ``4 * row + col``).
     """
     rng = split_rng(split, seed)
     out = []
@@ -180,6 +182,6 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0) -> list[Sample]:
         out.append(Sample(
             id=f"shapes-{split}-{seed}-{i:05d}", dataset="shapes", image=render(scene),
             question=question, answers=(answer,) * 10,
-            extras={"question_type": qtype, "n_objects": len(scene.objects)},
+            extras={"question_type": qtype, "n_objects": len(scene.objects), "scene": scene},
         ))
     return out
