@@ -6,19 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mech.zoo.random_llava import random_llava
 from studies import baselines
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from mech.datasets.shapes import VOCABULARY
-
-    folder = tmp_path_factory.mktemp("random-llava")
-    module, processor = random_llava(layers=6, image_size=64, patch_size=16, words=VOCABULARY)
-    module.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
 
 
 def test_baselines_writes_the_table(checkpoint, tmp_path, capsys):
