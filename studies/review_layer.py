@@ -18,7 +18,6 @@ under ``--out`` (default ``runs/``): ``review_layer.nc``, ``layer_masking.nc``,
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
 from . import common, hellinger_profile, layers as layer_choice
