@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import nnsight
 import torch
@@ -105,7 +105,8 @@ def repetition_penalty(scores: torch.Tensor, ids: torch.Tensor, mask: torch.Tens
     return torch.where(seen, penalised, scores)
 
 
-class DolaSteps(NamedTuple):
+@dataclass(frozen=True)
+class DolaSteps:  # a dataclass, not a NamedTuple: cloudpickle 2.1 cannot ship NamedTuples by value
     """What `decode` returns: ``new`` ``[batch, steps]`` token ids (padding after EOS),
     ``premature`` ``[batch, steps]`` chosen hidden-state index, ``js`` ``[batch, steps, C]``,
     ``scores`` ``[batch, steps, vocab]`` (after the repetition penalty), ``finished_at``

@@ -70,3 +70,21 @@ def test_mech_code_ships_by_value_to_a_server_without_mech():
                           cwd="/", timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().split() == ["0.541196", "ContrastiveMask", "0.3"]
+
+
+def test_every_mech_class_and_function_ships_by_value():
+    """nnsight pickles mech code by value for remote runs; every class and function mech
+    defines must round-trip through cloudpickle (a typing.NamedTuple, for one, does not in
+    cloudpickle 2.1)."""
+    import importlib
+    import inspect
+    import pickle
+    import pkgutil
+
+    import cloudpickle
+
+    for info in pkgutil.walk_packages(mech.__path__, "mech."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (inspect.isclass(value) or inspect.isfunction(value)) and value.__module__ == info.name:
+                pickle.loads(cloudpickle.dumps(value))
