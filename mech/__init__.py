@@ -3,7 +3,8 @@
 The public API: `load` a model, `Model.prepare` a batch, and inside
 ``model.trace(batch)`` / ``model.generate(batch)`` `apply` interventions —
 `ZeroImage`, `ScaleImage`, `Knockout`, `CaptureImageAttention`, `ContrastiveMask`;
-`run` them over samples (batched generate, scoring, timing, resumable chunk files).
+`run` them over samples (batched generate, scoring, timing, resumable chunk files),
+or run a baseline `Decoder` instead of ``generate``: `DoLa`, `ViCrop`.
 """
 
 __version__ = "0.1.0"
@@ -13,7 +14,9 @@ from .batch import Batch
 from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention, Knockout,
                             ScaleImage, ZeroImage, apply, default_review_layer)
 from .model import Model, load
-from .runner import Record, Results, run, slug, sweep
+from .runner import Decoder, Record, Results, run, slug, sweep
+from .dola import DoLa
+from .vicrop import ViCrop
 from .store import ChunkWarning
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
@@ -23,4 +26,4 @@ remote.ship_by_value(__name__)
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
-           "Results", "ChunkWarning", "remote", "__version__"]
+           "Results", "ChunkWarning", "remote", "__version__", "Decoder", "DoLa", "ViCrop"]

@@ -149,3 +149,43 @@ def review_table(table: xr.Dataset):
     right.set_xlabel("dataset")
     fig.tight_layout()
     return fig
+
+
+def baselines(ds: xr.Dataset):
+    """Table 2 as a figure: accuracy per dataset for the plain model and each method
+    with bootstrap 95% CIs (left); each method minus the plain model with the paired
+    bootstrap 95% CI, on the table's last row (the dataset, or the average) (right)."""
+    import pandas as pd
+
+    systems = [str(s) for s in ds["system"].values]
+    datasets = [str(d) for d in ds["dataset"].values]
+    frame = []
+    for d in datasets:
+        one = ds.sel(dataset=d)
+        frame.append((d, "no intervention", float(one["baseline_accuracy"]) * PERCENT,
+                      *(one["baseline_accuracy_ci"].values * PERCENT)))
+        for s in systems:
+            frame.append((d, s, float(one["accuracy"].sel(system=s)) * PERCENT,
+                          *(one["accuracy_ci"].sel(system=s).values * PERCENT)))
+    frame = pd.DataFrame(frame, columns=["dataset", "method", "accuracy", "low", "high"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(3.0 + 1.8 * len(datasets) + 0.8 * len(systems), 3.0),
+                                      gridspec_kw={"width_ratios": [max(2, len(datasets)), 1.4]})
+    sns.barplot(frame, x="dataset", y="accuracy", hue="method", ax=left)
+    methods = list(dict.fromkeys(frame["method"]))
+    for container, method in zip(left.containers, methods):
+        rows = frame[frame["method"] == method].set_index("dataset").loc[datasets]
+        xs = [bar.get_x() + bar.get_width() / 2 for bar in container]
+        left.errorbar(xs, rows["accuracy"], yerr=[rows["accuracy"] - rows["low"], rows["high"] - rows["accuracy"]],
+                      fmt="none", ecolor="0.2", capsize=2, lw=0.8)
+    left.set_ylabel("accuracy (%)")
+    left.set_ylim(0, 105)
+    left.legend(fontsize=7, loc="lower right")
+    row = str(ds["row"].values[-1])
+    diff = ds["difference"].sel(row=row).values * PERCENT
+    ci = ds["difference_ci"].sel(row=row).values * PERCENT
+    right.errorbar(systems, diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff], fmt="o", capsize=4)
+    right.axhline(0, color="0.3", ls="--", lw=1)
+    right.set_ylabel(f"difference vs plain model (pp, {row})")
+    right.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig

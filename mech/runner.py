@@ -38,7 +38,7 @@ from . import store as st
 from .interventions import Intervention, apply
 from .results import Record, Results
 
-__all__ = ["run", "sweep", "slug", "Record", "Results", "SHORT_ANSWER_DATASETS"]
+__all__ = ["run", "sweep", "slug", "Decoder", "Record", "Results", "SHORT_ANSWER_DATASETS"]
 
 # Datasets whose prompt asks for "a single word or phrase": like LLaVA's evaluation we
 # keep the first line only, so a rambling continuation does not spoil an exact match.
@@ -52,6 +52,27 @@ _PER_IMAGE = {"ContrastiveMask": {"scores", "weights"}, "CaptureImageAttention":
 _RUN_CONSTANTS = {"ContrastiveMask": {"candidates"}}
 
 
+# -- alternative decoders --------------------------------------------------------------
+
+
+class Decoder:
+    """Base of decoders that replace ``model.generate`` in the runner (DoLa, ViCrop).
+
+    A decoder is a frozen dataclass (its fields are its parameters: they enter the chunk
+    fingerprint and the run's slug) with
+    ``generate(model, batch, max_new_tokens, samples) -> (new_ids, extras)``: greedy new
+    tokens ``[batch, new]`` (padding after EOS, as ``generate`` pads) and one dict of
+    plain per-sample values per row. ``samples`` are the batch's samples, for decoders
+    that need more than the prepared batch (ViCrop crops the original images).
+    """
+
+    def validate(self, model) -> None:
+        pass
+
+    def generate(self, model, batch, max_new_tokens: int, samples) -> tuple[torch.Tensor, list[dict]]:
+        raise NotImplementedError
+
+
 # -- the runner ------------------------------------------------------------------------
 
 
@@ -59,7 +80,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         *, out=None, batch_size: int = 8, max_new_tokens: int = 8,
         question_prompt: Callable = prompts_mod.question_prompt, chunk_size: int | None = None,
         extras: bool | Iterable[str] = True, progress: bool = True,
-        remote: bool | str = False) -> Results:
+        remote: bool | str = False, decoder: Decoder | None = None) -> Results:
     """Greedy-generate answers for ``samples`` under ``intervention`` and score them.
 
     Args:
@@ -82,12 +103,17 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         remote: nnsight's ``remote=`` (``True``: NDIF; ``"local"``: serialisation dry run).
             Results do not depend on it, so it is not part of the chunk fingerprint; the
             seconds then include the round trip to the server.
+        decoder: a `Decoder` (e.g. ``mech.DoLa()``, ``mech.ViCrop()``) that generates
+            instead of ``model.generate``; it cannot be combined with interventions or
+            ``remote``. Its parameters are part of the chunk fingerprint; the clock runs
+            around its ``generate`` call.
     """
     from tqdm.auto import tqdm
 
     samples = list(samples)
     interventions = _as_list(intervention)
     _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
+    _check_decoder(model, decoder, interventions, remote)
     if chunk_size is None:
         chunk_size = batch_size * -(-64 // batch_size)
     keep = extras if isinstance(extras, bool) else sorted({extras} if isinstance(extras, str) else set(extras))
@@ -100,9 +126,11 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         "prompt": {"question_prompt": _name(question_prompt)},
         "extras": keep,
     }
+    if decoder is not None:  # absent otherwise, so chunks written before decoders still match
+        base["decoder"] = st.canonical(decoder)
     meta = {
         "model": model.source, "revision": model.revision, "family": model.family.name,
-        "intervention": st.dumps(base["intervention"]), "slug": slug(intervention),
+        "intervention": st.dumps(base["intervention"]), "slug": slug(decoder if decoder is not None else intervention),
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunk_size": chunk_size,
         "question_prompt": _name(question_prompt), "n_samples": len(samples),
         "timing": "per-sample" if batch_size == 1 else "amortised",
@@ -132,7 +160,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             new = []
             for b in range(0, len(chunk), batch_size):
                 new += _run_batch(model, chunk[b:b + batch_size], interventions, max_new_tokens,
-                                  question_prompt, keep, remote)
+                                  question_prompt, keep, remote, decoder)
                 bar.update(len(chunk[b:b + batch_size]))
             if store is not None:
                 store.save(index, fingerprint, [asdict(r) for r in new],
@@ -148,8 +176,9 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
 def sweep(model, samples: Iterable, interventions, *, out=None, **kwargs) -> dict[str, Results]:
     """`run` each intervention on the same samples; ``{name: Results}``.
 
-    ``interventions``: a mapping ``name -> intervention`` (None or a list allowed as values),
-    or a sequence named by `slug`. With ``out``, each run resumes in ``out/<name>``.
+    ``interventions``: a mapping ``name -> intervention`` (None, a list or a `Decoder`
+    allowed as values), or a sequence named by `slug`. With ``out``, each run resumes in
+    ``out/<name>``.
     """
     samples = list(samples)
     if isinstance(interventions, Mapping):
@@ -164,7 +193,9 @@ def sweep(model, samples: Iterable, interventions, *, out=None, **kwargs) -> dic
     for name in named:
         if not re.fullmatch(r"[\w.+=-]+", name):
             raise ValueError(f"run name {name!r} is not a safe folder name ([A-Za-z0-9_.+=-])")
-    return {name: run(model, samples, iv, out=None if out is None else Path(out) / name, **kwargs)
+    return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
+                      decoder=iv if isinstance(iv, Decoder) else None,
+                      out=None if out is None else Path(out) / name, **kwargs)
             for name, iv in named.items()}
 
 
@@ -174,7 +205,7 @@ def slug(intervention) -> str:
     ``slug(None) == "baseline"``; ``slug(ZeroImage(layer=3))`` is like
     ``"zeroimage-layer3-1f0c2a9b"``; lists join their parts with ``+``.
     """
-    interventions = _as_list(intervention)
+    interventions = [intervention] if isinstance(intervention, Decoder) else _as_list(intervention)
     if not interventions:
         return "baseline"
     parts = []
@@ -204,23 +235,31 @@ def _reuse(store, index, fingerprint) -> tuple[list[Record] | None, str | None]:
 
 
 def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, keep,
-               remote=False) -> list[Record]:
+               remote=False, decoder=None) -> list[Record]:
     batch = model.prepare(samples, question_prompt=question_prompt)
     results = None
     with torch.no_grad():
         start = time.perf_counter()
-        options = {"remote": remote} if remote else {}
-        with model.generate(batch, max_new_tokens=max_new_tokens, **options) as tracer:
-            if interventions:
-                results = apply(model, batch, *interventions)
-            ids = tracer.result.save()
-        if ids.device.type == "cuda":
-            torch.cuda.synchronize(ids.device)
+        if decoder is not None:
+            new, decoded = decoder.generate(model, batch, max_new_tokens, samples)
+        else:
+            options = {"remote": remote} if remote else {}
+            with model.generate(batch, max_new_tokens=max_new_tokens, **options) as tracer:
+                if interventions:
+                    results = apply(model, batch, *interventions)
+                ids = tracer.result.save()
+            new = ids[:, batch.seq_len:]
+        if new.device.type == "cuda":
+            torch.cuda.synchronize(new.device)
         seconds = time.perf_counter() - start
-    new = ids[:, batch.seq_len:].cpu()
+    new = new.cpu()
     counts = _count_new_tokens(new, _eos_ids(model))
     tokenizer = model.processor.tokenizer
-    per_sample = _split_results(interventions, results, batch, keep)
+    if decoder is not None:
+        per_sample = [{k: v for k, v in row.items() if keep is True or (keep is not False and k in keep)}
+                      for row in decoded]
+    else:
+        per_sample = _split_results(interventions, results, batch, keep)
     n = len(samples)
     records = []
     for i, sample in enumerate(samples):
@@ -329,6 +368,18 @@ def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk
                 raise ValueError(f"{type(iv).__name__}.{f.name} is a tensor of shape "
                                  f"{tuple(value.shape)}, tied to one batch; the runner builds its "
                                  f"own batches, so give a scalar")
+
+
+def _check_decoder(model, decoder, interventions, remote) -> None:
+    if decoder is None:
+        return
+    if not isinstance(decoder, Decoder):
+        raise TypeError(f"decoder must be a mech Decoder (e.g. mech.DoLa()), not {type(decoder).__name__}")
+    if interventions:
+        raise ValueError("a decoder runs its own generation: give either interventions or decoder=, not both")
+    if remote:
+        raise ValueError("decoders run locally: remote= is not supported with decoder=")
+    decoder.validate(model)
 
 
 def _differs(value, default) -> bool:

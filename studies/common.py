@@ -254,3 +254,45 @@ def accuracy_with_ci(score: xr.DataArray, seed: int, confidence: float = 0.95) -
     ci = xr.DataArray(np.stack([np.asarray(low), np.asarray(high)], -1), dims=[*dims, "bound"],
                       coords={**{d: score[d] for d in dims}, "bound": ["low", "high"]})
     return xr.Dataset({"accuracy": mean, "accuracy_ci": ci})
+
+
+def paired_rows(ds: xr.Dataset, dim: str, coord, seed: int) -> xr.Dataset:
+    """One run against the plain model, per dataset (and ``average`` over several):
+    ``baseline_accuracy``, ``accuracy``, ``difference`` (run - baseline) with its paired
+    bootstrap 95% CI, the paired-test ``p_value`` (McNemar for 0/1 scores, paired
+    bootstrap for soft ones) and ``n_samples``, over a ``row`` dim.
+
+    ``ds``: a `compare` Dataset; ``coord``: the run's coordinate along ``dim``.
+    """
+    from mech import stats
+
+    rows = {}
+    pooled_a, pooled_b = [], []
+    for name in ds["dataset"].values:
+        one = ds.sel(dataset=name).isel(sample=np.flatnonzero(ds["is_sample"].sel(dataset=name).values))
+        a = one["baseline_score"].values
+        b = one["score"].sel({dim: coord}).values
+        pooled_a.append(a)
+        pooled_b.append(b)
+        diff = stats.paired_bootstrap_diff(b, a, seed=seed)
+        rows[str(name)] = (a.mean(), b.mean(), diff["mean_diff"], diff["low"], diff["high"],
+                           float(stats.paired_test(b, a, seed=seed)), len(a))
+    if len(rows) > 1:
+        a, b = np.concatenate(pooled_a), np.concatenate(pooled_b)
+        diff = stats.paired_bootstrap_diff(b, a, seed=seed)
+        means = np.array([r[:3] for r in rows.values()]).mean(0)  # average over datasets, as the paper
+        rows["average"] = (*means, diff["low"], diff["high"], float(stats.paired_test(b, a, seed=seed)), len(a))
+    names = list(rows)
+    values = np.array([rows[n] for n in names], dtype=float)
+    table = xr.Dataset(
+        {"baseline_accuracy": ("row", values[:, 0]), "accuracy": ("row", values[:, 1]),
+         "difference": ("row", values[:, 2]),
+         "difference_ci": (("row", "bound"), values[:, 3:5]), "p_value": ("row", values[:, 5]),
+         "n_samples": ("row", values[:, 6].astype(int))},
+        coords={"row": names, "bound": ["low", "high"]})
+    for var in ("baseline_accuracy", "accuracy", "difference", "difference_ci"):
+        table[var].attrs["units"] = "fraction"
+    table["difference_ci"].attrs["long_name"] = f"paired bootstrap 95% CI of {coord} - baseline"
+    table["p_value"].attrs["long_name"] = "paired test: McNemar (0/1 scores) or paired bootstrap (soft)"
+    table["row"].attrs["long_name"] = "dataset, or 'average' (mean of dataset accuracies; CI/test pooled)"
+    return table

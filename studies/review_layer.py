@@ -18,7 +18,6 @@ under ``--out`` (default ``runs/``): ``review_layer.nc``, ``layer_masking.nc``,
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
 from . import common, hellinger_profile, layers as layer_choice
@@ -29,37 +28,9 @@ from .strategies import add_contrastive_arguments
 def paired_table(ds: xr.Dataset, seed: int) -> xr.Dataset:
     """Per dataset (and ``average``): accuracy of baseline and contrastive, difference
     with its paired bootstrap CI, and the paired-test p-value."""
-    from mech import stats
-
-    rows = {}
-    pooled_a, pooled_b = [], []
-    for name in ds["dataset"].values:
-        one = ds.sel(dataset=name).isel(sample=np.flatnonzero(ds["is_sample"].sel(dataset=name).values))
-        a = one["baseline_score"].values
-        b = one["score"].sel(intervention="contrastive").values
-        pooled_a.append(a)
-        pooled_b.append(b)
-        diff = stats.paired_bootstrap_diff(b, a, seed=seed)
-        rows[str(name)] = (a.mean(), b.mean(), diff["mean_diff"], diff["low"], diff["high"],
-                           float(stats.paired_test(b, a, seed=seed)), len(a))
-    if len(rows) > 1:
-        a, b = np.concatenate(pooled_a), np.concatenate(pooled_b)
-        diff = stats.paired_bootstrap_diff(b, a, seed=seed)
-        means = np.array([r[:3] for r in rows.values()]).mean(0)  # average over datasets, as the paper
-        rows["average"] = (*means, diff["low"], diff["high"], float(stats.paired_test(b, a, seed=seed)), len(a))
-    names = list(rows)
-    values = np.array([rows[n] for n in names], dtype=float)
-    table = xr.Dataset(
-        {"baseline_accuracy": ("row", values[:, 0]), "contrastive_accuracy": ("row", values[:, 1]),
-         "difference": ("row", values[:, 2]),
-         "difference_ci": (("row", "bound"), values[:, 3:5]), "p_value": ("row", values[:, 5]),
-         "n_samples": ("row", values[:, 6].astype(int))},
-        coords={"row": names, "bound": ["low", "high"]})
-    for var in ("baseline_accuracy", "contrastive_accuracy", "difference", "difference_ci"):
-        table[var].attrs["units"] = "fraction"
+    table = common.paired_rows(ds, "intervention", "contrastive", seed)
+    table = table.rename(accuracy="contrastive_accuracy")
     table["difference_ci"].attrs["long_name"] = "paired bootstrap 95% CI of contrastive - baseline"
-    table["p_value"].attrs["long_name"] = "paired test: McNemar (0/1 scores) or paired bootstrap (soft)"
-    table["row"].attrs["long_name"] = "dataset, or 'average' (mean of dataset accuracies; CI/test pooled)"
     return table
 
 

@@ -41,3 +41,16 @@ def model(models):
 @pytest.fixture(scope="session")
 def batch(model):
     return model.prepare(questions=QUESTIONS, images=random_images(3, sizes=SIZES))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A saved 6-layer random LLaVA whose processor knows the shapes words (study tests)."""
+    from mech.datasets.shapes import VOCABULARY
+    from mech.zoo.random_llava import random_llava
+
+    folder = tmp_path_factory.mktemp("random-llava")
+    module, processor = random_llava(layers=6, image_size=64, patch_size=16, words=VOCABULARY)
+    module.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)

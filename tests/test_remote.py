@@ -93,3 +93,27 @@ print("shipped", tuple(got[1].shape))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "shipped (2, 16)" in done.stdout
+
+
+def test_every_mech_class_and_function_ships_by_value():
+    """nnsight pickles mech code by value for remote runs; every class and function mech
+    defines must round-trip through cloudpickle (a typing.NamedTuple, for one, does not in
+    cloudpickle 2.1). In a subprocess: unpickling a class by value in the process that
+    defined it resets its dataclass fields (cloudpickle 2.1), which would spoil later tests."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib, inspect, pickle, pkgutil, cloudpickle, mech
+for info in pkgutil.walk_packages(mech.__path__, "mech."):
+    if info.name == "mech.demo" or info.name.startswith("mech.zoo"):
+        continue  # command-line and training code: never inside a trace
+    module = importlib.import_module(info.name)
+    for name, value in vars(module).items():
+        if (inspect.isclass(value) or inspect.isfunction(value)) and value.__module__ == info.name:
+            pickle.loads(cloudpickle.dumps(value))
+print("all shipped")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "all shipped" in done.stdout

@@ -6,22 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mech.zoo.random_llava import random_llava
 from studies import common, hellinger_profile, layer_masking, layers, mask_ratio, pre_layer, review_layer, strategies
 
 ARGS = ["--limit", "6", "--batch-size", "3", "--max-new-tokens", "2", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A saved 6-layer random LLaVA whose processor knows the shapes words."""
-    from mech.datasets.shapes import VOCABULARY
-
-    folder = tmp_path_factory.mktemp("random-llava")
-    module, processor = random_llava(layers=6, image_size=64, patch_size=16, words=VOCABULARY)
-    module.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,122 @@
+"""Model card of the tiny LLaVA: held-out metrics, training curve, how to retrain.
+
+``python -m mech.zoo.card --out data/tiny-llava-shapes`` re-evaluates a saved checkpoint
+and rewrites ``metrics.json``, ``training_curve.png`` and ``README.md`` from its
+``training_log.json`` (``train`` calls ``write_card`` itself at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..datasets.shapes import COLORS, QUESTION_TYPES, SHAPES
+from .evaluate import accuracy_by_type, predict, prior_by_type
+
+CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / 4, "exist": 1 / 2,
+          "spatial": 1 / len(SHAPES)}
+TEST_SEED = 0
+
+
+def measure(model, processor, n_test: int) -> dict:
+    """Greedy-generation accuracy on ``shapes("test", n_test, seed=0)``, with and without
+    the image tokens zeroed at decoder layer 0, next to the text-only prior (fitted on 5000
+    training samples) and uniform chance."""
+    from ..datasets import shapes
+
+    test = shapes("test", n=n_test, seed=TEST_SEED)
+    fit = shapes("train", n=5000, seed=TEST_SEED)
+    table = _text_prior(fit, test)
+    return dict(
+        n_test=n_test, test_seed=TEST_SEED,
+        accuracy=accuracy_by_type(test, predict(model, processor, test)),
+        accuracy_image_zeroed=accuracy_by_type(test, predict(model, processor, test, mask_image=True)),
+        text_prior=table, chance=CHANCE,
+        test_set_majority_fitted_on_itself=prior_by_type(test),
+    )
+
+
+def _text_prior(fit, test) -> dict[str, float]:
+    """Answer each test question string with its most frequent gold answer in ``fit``."""
+    from collections import Counter, defaultdict
+
+    table = defaultdict(Counter)
+    by_type = defaultdict(Counter)
+    for s in fit:
+        table[s.question][s.answers[0]] += 1
+        by_type[s.extras["question_type"]][s.answers[0]] += 1
+    preds = [(table.get(s.question) or by_type[s.extras["question_type"]]).most_common(1)[0][0]
+             for s in test]
+    return accuracy_by_type(test, preds)
+
+
+def plot(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [e["minutes"] for e in log]
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=90)
+    ax.plot(minutes, [e["loss"] for e in log], color="tab:red", label="train loss (EMA)")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("loss")
+    ax2 = ax.twinx()
+    ax2.plot(minutes, [e["val"]["overall"] for e in log], color="tab:blue", label="val accuracy")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("validation accuracy (250)")
+    fig.legend(loc="center right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_card(args, result) -> dict:
+    model, processor, out = result["model"], result["processor"], Path(args.out)
+    metrics = measure(model, processor, args.n_test)
+    metrics["train_minutes"] = result["minutes"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    plot(result["log"], out / "training_curve.png")
+    n_params = sum(p.numel() for p in model.parameters())
+    size_mb = (out / "model.safetensors").stat().st_size / 1e6
+    (out / "README.md").write_text(_card_text(args, result, metrics, n_params, size_mb))
+    return metrics
+
+
+def _row(name, m, t):
+    return (f"| {name} | {m['accuracy'][t]:.1%} | {m['accuracy_image_zeroed'][t]:.1%} | "
+            f"{m['text_prior'][t]:.1%} | " + (f"{m['chance'][t]:.1%} |" if t in m["chance"] else "– |"))
+
+
+def _card_text(args, result, m, n_params, size_mb) -> str:
+    from .card_text import TEMPLATE
+
+    rows = "\n".join(_row(t, m, t) for t in QUESTION_TYPES) + "\n" + _row("**overall**", m, "overall")
+    log = result["log"]
+    curve = "\n".join(f"| {e['step']} | {e['minutes']:.1f} | {e['stage']} | {e['loss']:.3f} | "
+                      f"{e['val']['overall']:.1%} |" for e in log)
+    return TEMPLATE.format(
+        n_params=n_params, size_mb=size_mb, minutes=result["minutes"], rows=rows, curve=curve,
+        n_test=m["n_test"], seed=args.seed, steps=args.steps, threads=args.threads,
+        batch_size=args.batch_size, turns=args.turns, lr=args.lr, lr2=args.lr2,
+        phase2_share=args.phase2_share, out=args.out,
+    )
+
+
+def main(argv=None):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    ap = argparse.ArgumentParser(prog="python -m mech.zoo.card", description="Re-evaluate and rewrite the card.")
+    ap.add_argument("--out", default="data/tiny-llava-shapes")
+    ns = ap.parse_args(argv)
+    saved = json.loads((Path(ns.out) / "training_log.json").read_text())
+    args = argparse.Namespace(**{**saved["args"], "out": ns.out})
+    model = LlavaForConditionalGeneration.from_pretrained(ns.out, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(ns.out, local_files_only=True)
+    print(json.dumps(write_card(args, dict(model=model, processor=processor,
+                                           minutes=saved["train_minutes"], log=saved["log"])), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The model card template (filled by ``card.write_card``)."""
+
+TEMPLATE = """\
+# tiny-llava-shapes
+
+A tiny **LLaVA-1.5** (`LlavaForConditionalGeneration`, exact Hugging Face architecture) trained
+from scratch on the synthetic *shapes* VQA set (`mech.datasets.shapes`). It exists so that
+the toolkit has a model whose image pathway really matters, with no download: real LLaVA
+weights cannot be fetched here. Load it offline:
+
+```python
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+model = LlavaForConditionalGeneration.from_pretrained("data/tiny-llava-shapes")
+processor = AutoProcessor.from_pretrained("data/tiny-llava-shapes")
+prompt = "USER: <image>\\nwhat color is the circle? ASSISTANT:"
+```
+
+## Architecture ({n_params:,} parameters, {size_mb:.1f} MB fp32 safetensors)
+
+| part | setting |
+|---|---|
+| vision tower | CLIP ViT: 64x64 image, patch 8 (8x8 = 64 patches + CLS), hidden 128, 4 layers, 4 heads, MLP 512, quick_gelu |
+| feature selection | `vision_feature_layer=-2` (penultimate layer), `vision_feature_select_strategy="default"` (CLS dropped) -> 64 image tokens |
+| projector | LLaVA-1.5 MLP: Linear 128->128, GELU, Linear 128->128 |
+| decoder | Llama: hidden 128, 8 layers, 4 heads, 2 KV heads (GQA), MLP 512 (SiLU-gated), RoPE, untied lm_head |
+| tokenizer | word level, lower-casing, {{vocab}} (see `processor`), `<image>` expanded to 64 tokens by `LlavaProcessor` |
+| image processor | `CLIPImageProcessor` (resize/crop 64, CLIP mean/std) |
+| prompt | `USER: <image>\\n{{question}} ASSISTANT:` -> `{{answer}}</s>` |
+
+## Data
+
+`mech.datasets.shapes`: 64x64 white images, a 4x4 grid of 16-px cells holding 1-4 objects
+(circle / square / triangle x red / green / blue / yellow / purple / orange, radius 5-7 px,
+±1 px jitter). Five question types, each asked only when its one-word answer is unique:
+`color` ("what color is the circle?"), `shape` ("what shape is red?"), `count`
+("how many shapes are there?" -> 1-4), `exist` ("is there a blue square?" -> yes/no),
+`spatial` ("what is left of the triangle?" -> the shape of the only object in a column
+further left/right). Splits are content-disjoint: each scene is hashed into 10 buckets
+(8 train, 1 validation, 1 test) and every split has its own seed stream, so no test image
+ever appears in training.
+
+## Training
+
+`python -m mech.zoo.train` (seed {seed}, {steps} steps of {batch_size} images x {turns}
+question turns in LLaVA multi-turn format, loss on answer tokens and their `</s>` only,
+AdamW betas (0.9, 0.98), weight decay 0.01, grad-clip 1, torch threads {threads}):
+
+1. **Size curriculum**, {p1:.0%} of steps, lr {lr:g} cosine (100 warm-up steps): one big object
+   on a 2x2 grid (10%), 1-2 medium objects (15%), then final sizes with at most 2 (20%),
+   3 (25%) and 4 (30%) objects. Without it the model stays at the text-only prior: a
+   small object is ~3% of the pixels.
+2. **Final task** only, {p2:.0%} of steps, lr raised again to {lr2:g} (cosine, 50 warm-up steps).
+
+Measured training time: **{minutes:.1f} minutes** on 2 shared CPU cores (torch CPU),
+data generation included, evaluation for this card not included.
+
+![training curve](training_curve.png)
+
+| step | minutes | stage | train loss (EMA) | validation accuracy (250, argmax of first token) |
+|---|---|---|---|---|
+{curve}
+
+## Held-out test accuracy
+
+`shapes(split="test", n={n_test}, seed=0)`, greedy `model.generate` with the processor,
+batched with left padding, first decoded word == gold answer. "image zeroed": all image-token
+hidden states set to 0 at the input of decoder layer 0. "text prior": each test question
+answered with its most frequent answer among 5000 training samples with the same question
+text (the best a model that ignores the image can do); chance: uniform over the answers of the type.
+
+| question type | accuracy | image zeroed | text prior | chance |
+|---|---|---|---|---|
+{rows}
+
+## Retrain exactly
+
+```bash
+python -m mech.zoo.train --seed {seed} --out {out} --steps {steps} --threads {threads}
+```
+
+(all other flags at their defaults; `--help` lists them). Same seed and thread count give
+the same data stream and initial weights; floating-point summation order can still differ
+across machines, so expect accuracy within ~2 points rather than bit-identical weights.
+`python -m mech.zoo.card --out {out}` re-evaluates a checkpoint and rewrites this card.
+"""

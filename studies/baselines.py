@@ -1,0 +1,129 @@
+"""The paper's Table 2: contrastive attention beside training-free baselines.
+
+On the same samples: the plain model (greedy), DoLa (contrasting early-exit layers,
+`mech.DoLa`), ViCrop (relative-attention crop added as a second image, `mech.ViCrop`)
+and contrastive attention (`mech.ContrastiveMask` at the given or discovered layers).
+Accuracy per dataset with percentile-bootstrap 95% CIs; each method against the plain
+model with the paired bootstrap CI of the difference and a paired test (McNemar for
+0/1 scores, paired bootstrap for soft scores).
+
+Writes ``baselines.nc`` (dims dataset x system x sample; ``system`` is
+dola / vicrop / contrastive, the plain model is ``baseline_*``), ``baselines.png/.pdf``
+and prints the four-row table. DoLa's premature-layer histogram is kept as
+``dola_premature_count`` (dataset x premature_layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from . import common
+from .strategies import add_contrastive_arguments, setup
+
+SYSTEMS = {"dola": "DoLa", "vicrop": "ViCrop", "contrastive": "contrastive attention"}
+
+
+def add_arguments(parser) -> None:
+    add_contrastive_arguments(parser)
+    parser.add_argument("--dola-layers", default="high",
+                        help="DoLa candidate premature layers: high, low, or comma-separated hidden-state "
+                             "indices (0 = embeddings; default: high)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.2,
+                        help="DoLa's repetition penalty (default: 1.2, DoLa's recommendation; 1 turns it off)")
+    parser.add_argument("--vicrop-layer", type=int, default=None,
+                        help="ViCrop attention layer (default: layer 14 of 32 at the same relative depth)")
+    parser.add_argument("--vicrop-crop-size", type=int, default=None,
+                        help="ViCrop crop side at ratio 1, in original pixels (default: the vision tower's "
+                             "input size, as ViCrop; images no larger than that are kept whole)")
+
+
+def systems(args, model, chosen) -> dict:
+    """``{system: Decoder or intervention}`` for the three methods."""
+    import mech
+
+    layers = args.dola_layers if args.dola_layers in ("low", "high") else \
+        tuple(int(x) for x in args.dola_layers.split(","))
+    below = [layer for layer in chosen.fusion if layer < chosen.post]
+    return {
+        "dola": mech.DoLa(layers=layers, repetition_penalty=args.repetition_penalty),
+        "vicrop": mech.ViCrop(layer=args.vicrop_layer, crop_size=args.vicrop_crop_size),
+        "contrastive": mech.ContrastiveMask(review=chosen.review, post=chosen.post,
+                                            candidates=below if below else "all", rho=args.rho, lam=args.lam),
+    }
+
+
+def table(ds: xr.Dataset, seed: int) -> xr.Dataset:
+    """Each system against the plain model: `common.paired_rows` stacked along ``system``."""
+    rows = [common.paired_rows(ds, "system", s, seed) for s in ds["system"].values]
+    baseline = rows[0]["baseline_accuracy"]
+    stacked = xr.concat([r.drop_vars("baseline_accuracy") for r in rows], dim=ds["system"])
+    stacked["baseline_accuracy"] = baseline
+    return stacked.rename({v: f"table_{v}" for v in ("accuracy", "baseline_accuracy", "n_samples")})
+
+
+def format_table(t: xr.Dataset) -> str:
+    rows = [str(r) for r in t["row"].values]
+    last = rows[-1]
+    head = f"{'method':<22}" + "".join(f"{r:>10}" for r in rows) + f"   diff ({last}) [95% CI]      p"
+    lines = [head, f"{'no intervention':<22}" + "".join(
+        f"{float(t['table_baseline_accuracy'].sel(row=r)) * 100:>9.1f}%" for r in rows)]
+    for s in t["system"].values:
+        one = t.sel(system=s)
+        lo, hi = (float(v) * 100 for v in one["difference_ci"].sel(row=last).values)
+        lines.append(f"{SYSTEMS.get(str(s), str(s)):<22}" + "".join(
+            f"{float(one['table_accuracy'].sel(row=r)) * 100:>9.1f}%" for r in rows)
+            + f"   {float(one['difference'].sel(row=last)) * 100:+6.1f} [{lo:+.1f}, {hi:+.1f}]"
+            + f"  {float(one['p_value'].sel(row=last)):6.3f}")
+    return "\n".join(lines)
+
+
+def dola_histogram(model, samples_by_dataset, dola, out, **run_options) -> xr.DataArray:
+    """How often DoLa chose each premature layer, per dataset (finished chunks are reused)."""
+    import mech
+
+    candidates = list(dola.candidates(model))
+    counts = []
+    for name, samples in samples_by_dataset.items():
+        folder = common.chunks(out, name) / mech.runner.slug(dola)
+        ds = mech.run(model, samples, decoder=dola, out=folder, **run_options).to_xarray()
+        counts.append(ds["extra_premature_counts"].sum("sample").values)
+    da = xr.DataArray(np.array(counts, dtype=int), dims=("dataset", "premature_layer"),
+                      coords={"dataset": list(samples_by_dataset), "premature_layer": candidates})
+    da.attrs["long_name"] = ("generated tokens for which DoLa chose this premature layer "
+                             "(hidden-state index: 0 = embeddings, j = output of decoder layer j - 1)")
+    return da
+
+
+def main(argv=None) -> xr.Dataset:
+    from mech import plots
+
+    parser = common.parser("baselines", __doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    model, samples, chosen = setup(args)
+    options = common.run_options(args)
+    if args.remote:
+        raise SystemExit("--remote: DoLa and ViCrop run their own decoding loops locally; drop --remote")
+    named = systems(args, model, chosen)
+    print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}; "
+          f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}")
+    ds = common.compare(model, samples, named, "system", out=args.out, seed=args.seed, **options)
+    ds["system"].attrs["long_name"] = "method compared with the plain model (baseline_*)"
+    ds["dola_premature_count"] = dola_histogram(model, samples, named["dola"], args.out, **options)
+    t = table(ds, args.seed)
+    ds = ds.merge(t, compat="no_conflicts")
+    ds.attrs.update(common.provenance(
+        args, model, study="baselines", rho=args.rho, lam=args.lam,
+        dola=repr(named["dola"]), dola_candidates=list(named["dola"].candidates(model)),
+        vicrop=repr(named["vicrop"]), vicrop_layer=named["vicrop"].attention_layer(model),
+        contrastive=repr(named["contrastive"]), **chosen.attrs()))
+    path = common.write_dataset(ds, args.out, "baselines")
+    figures = common.write_figure(plots.baselines(ds), args.out, "baselines")
+    print(format_table(t))
+    print(f"wrote {path} and {', '.join(map(str, figures))}")
+    return ds
+
+
+if __name__ == "__main__":
+    main()
