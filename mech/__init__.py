@@ -15,6 +15,7 @@ from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention
 from .model import Model, load
 from .runner import Record, Results, run, slug, sweep
 from .store import ChunkWarning
+from .zero_sweep import zero_mask_sweep
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
 # ship its source with each request.
@@ -23,4 +24,4 @@ _nnsight.register(__name__)
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
-           "Results", "ChunkWarning"]
+           "Results", "ChunkWarning", "zero_mask_sweep"]
