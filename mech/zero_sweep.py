@@ -79,8 +79,8 @@ def _hooks(handles: list):
 
 
 class SweepTimes(dict):
-    """``{key: seconds}`` of each generate call of the last `zero_mask_sweep` (``None`` is
-    the clean run: vision tower, full prefill, decode; a layer its incremental run)."""
+    """``{key: seconds}`` of each generate call of a `zero_mask_sweep` (``None`` is the
+    clean run: vision tower, full prefill, decode; a layer its incremental run)."""
 
 
 def _decoder_layers(module) -> torch.nn.ModuleList:
@@ -151,7 +151,9 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
     handles = [decoder[i].register_forward_pre_hook(keep_input(i), with_kwargs=True) for i in needed]
     handles += [decoder[i].register_forward_hook(keep_cache(i), with_kwargs=True) for i in range(below)]
     with torch.no_grad(), _hooks(handles), clock(None):
-        clean = _generate(module, batch.generate_inputs, max_new_tokens, pad, return_scores)
+        # Without the baseline only the prefill matters: one new token, no decode forward.
+        clean = _generate(module, batch.generate_inputs, max_new_tokens if baseline else 1, pad,
+                          return_scores)
     results = {}
     if baseline:
         results[None] = _output(clean, return_scores)
