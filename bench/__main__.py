@@ -137,7 +137,9 @@ def interleaved(toolkit, anchor, reps: int) -> dict:
             sync()
             times.append(time.perf_counter() - start)
     ma, mb = statistics.median(a), statistics.median(b)
-    return {"toolkit_s": ma, "anchor_s": mb, "ratio": ma / mb, "toolkit_all_s": a, "anchor_all_s": b}
+    pairs = [x / y for x, y in zip(a, b)]
+    return {"toolkit_s": ma, "anchor_s": mb, "ratio": ma / mb, "pair_ratio_median": statistics.median(pairs),
+            "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs), "toolkit_all_s": a, "anchor_all_s": b}
 
 
 # -- memory ------------------------------------------------------------------------------
@@ -242,7 +244,9 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print)
         log(f"{what:<62} {result['toolkit_s'] if 'toolkit_s' in result else result['toolkit']:>10.4g} "
             f"{result['anchor_s'] if 'anchor_s' in result else result['anchor']:>10.4g} "
             f"{result['ratio']:>7.3f}  {'' if target is None else ('<= %.2f ' % target)}"
-            f"{'' if target is None else ('pass' if result['passed'] else 'FAIL')}")
+            f"{'' if target is None else ('pass' if result['passed'] else 'FAIL')}"
+            + (f"  (pairs: median {result['pair_ratio_median']:.3f}, {result['pair_ratio_min']:.3f}.."
+               f"{result['pair_ratio_max']:.3f})" if "pair_ratio_median" in result else ""))
 
     log(f"{'measure':<62} {'toolkit':>10} {'anchor':>10} {'ratio':>7}  target")
     plain = lambda: plain_forward(model, batch)  # noqa: E731
@@ -284,7 +288,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     config = QUICK if args.quick else FULL
-    reps = args.reps or (1 if args.quick else 5)
+    reps = args.reps or (1 if args.quick else 7)
     sweep_reps = args.sweep_reps or (1 if args.quick else 3)
     info = machine(args.threads)
     load_before = other_load()
