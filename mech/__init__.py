@@ -18,6 +18,7 @@ from .runner import Decoder, Record, Results, run, slug, sweep
 from .dola import DoLa
 from .vicrop import ViCrop
 from .store import ChunkWarning
+from .zero_sweep import zero_mask_sweep
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
 # its source ships with each request (see mech.remote.ship_by_value).
@@ -26,4 +27,5 @@ remote.ship_by_value(__name__)
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
-           "Results", "ChunkWarning", "remote", "__version__", "Decoder", "DoLa", "ViCrop"]
+           "Results", "ChunkWarning", "remote", "__version__", "Decoder", "DoLa", "ViCrop",
+           "zero_mask_sweep"]

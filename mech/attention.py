@@ -55,9 +55,11 @@ def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tenso
     k = key.view(batch, seq, -1, head_dim).transpose(1, 2)
     q = apply_rope(q.float(), cos[:, position:position + 1].float(), sin[:, position:position + 1].float())
     k = apply_rope(k.float(), cos.float(), sin.float())
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1)  # grouped-query attention: kv head per group
-    scores = (q @ k.transpose(-1, -2)).squeeze(-2) * scaling  # [batch, heads, seq]
+    heads, kv_heads = q.shape[1], k.shape[1]
+    # Grouped-query attention: head h reads kv head h // groups; grouping the query heads
+    # by kv head avoids copying the keys once per group.
+    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    scores = (q @ k.transpose(-1, -2)).reshape(batch, heads, seq) * scaling  # [batch, heads, seq]
     allowed = key_padding.bool().clone()
     allowed[:, position + 1:] = False
     scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))

@@ -111,74 +111,106 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
     from tqdm.auto import tqdm
 
     samples = list(samples)
-    interventions = _as_list(intervention)
-    _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
-    _check_decoder(model, decoder, interventions, remote)
-    if chunk_size is None:
-        chunk_size = batch_size * -(-64 // batch_size)
-    keep = extras if isinstance(extras, bool) else sorted({extras} if isinstance(extras, str) else set(extras))
-    store = st.ChunkStore(out) if out is not None else None
-    base = {
-        "format": st.FORMAT,
-        "model": st.model_fingerprint(model),
-        "intervention": st.canonical(interventions) if interventions else None,
-        "generation": {"max_new_tokens": max_new_tokens, "do_sample": False, "batch_size": batch_size},
-        "prompt": {"question_prompt": _name(question_prompt)},
-        "extras": keep,
-    }
-    if decoder is not None:  # absent otherwise, so chunks written before decoders still match
-        base["decoder"] = st.canonical(decoder)
-    meta = {
-        "model": model.source, "revision": model.revision, "family": model.family.name,
-        "intervention": st.dumps(base["intervention"]), "slug": slug(decoder if decoder is not None else intervention),
-        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunk_size": chunk_size,
-        "question_prompt": _name(question_prompt), "n_samples": len(samples),
-        "timing": "per-sample" if batch_size == 1 else "amortised",
-        "device": str(model.device), "versions": _versions(), "remote": str(remote),
-    }
-    if store is not None:
-        store.write(store.folder / "run.json", {**meta, "fingerprint": {**base, "samples": "per chunk"}})
-
-    records: list[Record] = []
-    result = Results(records, meta)
-    bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=meta["slug"])
+    _check_decoder(model, decoder, _as_list(intervention), remote)
+    job = _Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
+               chunk_size, extras, remote, decoder=decoder)
+    bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=job.meta["slug"])
     try:
-        for index, lo in enumerate(range(0, len(samples), chunk_size)):
-            chunk = samples[lo:lo + chunk_size]
-            texts = [model.prompt(question_prompt(s)) for s in chunk]
-            fingerprint = {**base, "samples": {"ids": [s.id for s in chunk],
-                                               "digest": st.sample_digest(chunk, texts)}}
-            stored, problem = _reuse(store, index, fingerprint)
-            if problem:
-                warnings.warn(problem, st.ChunkWarning, stacklevel=2)
-                result.rejected[index] = problem
-            if stored is not None:
-                records += stored
-                result.reused.append(index)
+        for index, chunk, fingerprint in job.chunks():
+            if job.reuse(index, fingerprint):
                 bar.update(len(chunk))
                 continue
             new = []
             for b in range(0, len(chunk), batch_size):
-                new += _run_batch(model, chunk[b:b + batch_size], interventions, max_new_tokens,
-                                  question_prompt, keep, remote, decoder)
+                new += _run_batch(model, chunk[b:b + batch_size], job.interventions, max_new_tokens,
+                                  question_prompt, job.keep, remote, decoder)
                 bar.update(len(chunk[b:b + batch_size]))
-            if store is not None:
-                store.save(index, fingerprint, [asdict(r) for r in new],
-                           {"device": meta["device"], "versions": meta["versions"],
-                            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            records += new
-            result.computed.append(index)
+            job.save(index, fingerprint, new)
     finally:
         bar.close()
-    return result
+    return job.result
 
 
-def sweep(model, samples: Iterable, interventions, *, out=None, **kwargs) -> dict[str, Results]:
+class _Job:
+    """One run's configuration, fingerprints, chunk store and growing `Results`."""
+
+    def __init__(self, model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
+                 chunk_size, extras, remote, timing=None, decoder=None):
+        interventions = _as_list(intervention)
+        _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
+        if chunk_size is None:
+            chunk_size = batch_size * -(-64 // batch_size)
+        self.model, self.samples, self.interventions = model, samples, interventions
+        self.chunk_size, self.question_prompt = chunk_size, question_prompt
+        self.keep = keep = extras if isinstance(extras, bool) else \
+            sorted({extras} if isinstance(extras, str) else set(extras))
+        self.store = store = st.ChunkStore(out) if out is not None else None
+        self.base = base = {
+            "format": st.FORMAT,
+            "model": st.model_fingerprint(model),
+            "intervention": st.canonical(interventions) if interventions else None,
+            "generation": {"max_new_tokens": max_new_tokens, "do_sample": False, "batch_size": batch_size},
+            "prompt": {"question_prompt": _name(question_prompt)},
+            "extras": keep,
+        }
+        if decoder is not None:  # absent otherwise, so chunks written before decoders still match
+            base["decoder"] = st.canonical(decoder)
+        self.meta = meta = {
+            "model": model.source, "revision": model.revision, "family": model.family.name,
+            "intervention": st.dumps(base["intervention"]),
+            "slug": slug(decoder if decoder is not None else intervention),
+            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunk_size": chunk_size,
+            "question_prompt": _name(question_prompt), "n_samples": len(samples),
+            "timing": timing or ("per-sample" if batch_size == 1 else "amortised"),
+            "device": str(model.device), "versions": _versions(), "remote": str(remote),
+        }
+        if store is not None:
+            store.write(store.folder / "run.json", {**meta, "fingerprint": {**base, "samples": "per chunk"}})
+        self.result = Results([], meta)
+
+    def chunks(self):
+        """``(index, samples, fingerprint)`` of each chunk."""
+        for index, lo in enumerate(range(0, len(self.samples), self.chunk_size)):
+            chunk = self.samples[lo:lo + self.chunk_size]
+            texts = [self.model.prompt(self.question_prompt(s)) for s in chunk]
+            yield index, chunk, {**self.base, "samples": {"ids": [s.id for s in chunk],
+                                                          "digest": st.sample_digest(chunk, texts)}}
+
+    def reuse(self, index, fingerprint) -> bool:
+        """Take chunk ``index`` from the store if it is there and matches."""
+        stored, problem = _reuse(self.store, index, fingerprint)
+        if problem:
+            warnings.warn(problem, st.ChunkWarning, stacklevel=3)
+            self.result.rejected[index] = problem
+        if stored is None:
+            return False
+        self.result.records += stored
+        self.result.reused.append(index)
+        return True
+
+    def save(self, index, fingerprint, new: list[Record]) -> None:
+        if self.store is not None:
+            self.store.save(index, fingerprint, [asdict(r) for r in new],
+                            {"device": self.meta["device"], "versions": self.meta["versions"],
+                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        self.result.records += new
+        self.result.computed.append(index)
+
+
+def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool = False,
+          **kwargs) -> dict[str, Results]:
     """`run` each intervention on the same samples; ``{name: Results}``.
 
     ``interventions``: a mapping ``name -> intervention`` (None, a list or a `Decoder`
     allowed as values), or a sequence named by `slug`. With ``out``, each run resumes in
     ``out/<name>``.
+
+    ``fast=True``: when every intervention is None or ``ZeroImage(layer, at="input")``
+    and the run is local, the runs share one clean prefill per batch
+    (`mech.zero_mask_sweep`): predictions, scores and chunk fingerprints are those
+    of the naive runs (chunks are interchangeable both ways); only ``seconds`` differ,
+    marked ``timing="sweep"`` (the baseline's is the clean generate, a layer's its own
+    incremental generate). Anything else falls back to one `run` per intervention.
     """
     samples = list(samples)
     if isinstance(interventions, Mapping):
@@ -193,10 +225,73 @@ def sweep(model, samples: Iterable, interventions, *, out=None, **kwargs) -> dic
     for name in named:
         if not re.fullmatch(r"[\w.+=-]+", name):
             raise ValueError(f"run name {name!r} is not a safe folder name ([A-Za-z0-9_.+=-])")
+    folders = {name: None if out is None else Path(out) / name for name in named}
+    if fast and not kwargs.get("remote") and all(_zero_layer(iv) is not ... for iv in named.values()):
+        return _zero_mask_sweep(model, samples, named, folders, **kwargs)
     return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
-                      decoder=iv if isinstance(iv, Decoder) else None,
-                      out=None if out is None else Path(out) / name, **kwargs)
+                      decoder=iv if isinstance(iv, Decoder) else None, out=folders[name], **kwargs)
             for name, iv in named.items()}
+
+
+def _zero_layer(intervention):
+    """The layer of a plain ``ZeroImage(layer, at="input")`` (alone or in a one-item list),
+    None for no intervention, ``...`` for anything else."""
+    from .interventions import ZeroImage
+
+    if isinstance(intervention, Decoder):
+        return ...
+    interventions = _as_list(intervention)
+    if not interventions:
+        return None
+    if len(interventions) == 1 and type(interventions[0]) is ZeroImage and interventions[0].at == "input":
+        return interventions[0].layer
+    return ...
+
+
+def _zero_mask_sweep(model, samples, named, folders, *, batch_size: int = 8, max_new_tokens: int = 8,
+                     question_prompt: Callable = prompts_mod.question_prompt,
+                     chunk_size: int | None = None, extras=True, progress: bool = True,
+                     remote=False) -> dict[str, Results]:
+    """`sweep` of ZeroImage runs (and the baseline) sharing one clean prefill per batch.
+
+    Each run keeps its own folder, fingerprints and chunk files exactly as `run` writes
+    them; a chunk is computed only for the runs that do not have it yet.
+    """
+    from tqdm.auto import tqdm
+
+    from .zero_sweep import zero_mask_sweep
+
+    jobs = {name: _Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
+                       chunk_size, extras, remote, timing="sweep") for name, iv in named.items()}
+    layer_of = {name: _zero_layer(iv) for name, iv in named.items()}
+    bar = tqdm(total=len(samples) * len(jobs), disable=not progress, unit="run-sample",
+               desc=f"zero-mask sweep ({len(jobs)} runs)")
+    try:
+        chunks = zip(*(job.chunks() for job in jobs.values()))
+        for parts in chunks:
+            index, chunk = parts[0][0], parts[0][1]
+            fingerprints = {name: part[2] for name, part in zip(jobs, parts)}
+            todo = [name for name, job in jobs.items() if not job.reuse(index, fingerprints[name])]
+            bar.update(len(chunk) * (len(jobs) - len(todo)))
+            if not todo:
+                continue
+            layers = sorted({layer_of[name] for name in todo} - {None})
+            new = {name: [] for name in todo}
+            for b in range(0, len(chunk), batch_size):
+                part = chunk[b:b + batch_size]
+                batch = model.prepare(part, question_prompt=question_prompt)
+                times: dict = {}
+                ids = zero_mask_sweep(model, batch, layers, max_new_tokens, baseline=True, times=times)
+                for name in todo:
+                    key = layer_of[name]
+                    new[name] += _records(model, part, batch, ids[key][:, batch.seq_len:], times[key],
+                                          [dict() for _ in part], timing="sweep")
+                bar.update(len(part) * len(todo))
+            for name in todo:
+                jobs[name].save(index, fingerprints[name], new[name])
+    finally:
+        bar.close()
+    return {name: job.result for name, job in jobs.items()}
 
 
 def slug(intervention) -> str:
@@ -252,14 +347,20 @@ def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, k
         if new.device.type == "cuda":
             torch.cuda.synchronize(new.device)
         seconds = time.perf_counter() - start
-    new = new.cpu()
-    counts = _count_new_tokens(new, _eos_ids(model))
-    tokenizer = model.processor.tokenizer
     if decoder is not None:
         per_sample = [{k: v for k, v in row.items() if keep is True or (keep is not False and k in keep)}
                       for row in decoded]
     else:
         per_sample = _split_results(interventions, results, batch, keep)
+    return _records(model, samples, batch, new, seconds, per_sample)
+
+
+def _records(model, samples, batch, new, seconds, per_sample, timing=None) -> list[Record]:
+    """One `Record` per sample from the new token ids ``[batch, new]``; ``seconds`` is the
+    batch's time."""
+    new = new.cpu()
+    counts = _count_new_tokens(new, _eos_ids(model))
+    tokenizer = model.processor.tokenizer
     n = len(samples)
     records = []
     for i, sample in enumerate(samples):
@@ -269,7 +370,7 @@ def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, k
         score = metrics.score(sample.dataset, text, sample.answers) if len(sample.answers) else None
         records.append(Record(id=sample.id, dataset=sample.dataset, prediction=text, score=score,
                               seconds=seconds / n, new_tokens=counts[i],
-                              timing="per-sample" if n == 1 else "amortised", batch_size=n,
+                              timing=timing or ("per-sample" if n == 1 else "amortised"), batch_size=n,
                               extras=per_sample[i]))
     return records
 

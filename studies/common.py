@@ -211,6 +211,8 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
             parts.append(one[[*PER_SAMPLE, *extra]])
         stacked = xr.concat(parts, dim=xr.DataArray(coords, dims=dim, name=dim))
         base = results["baseline"].to_xarray()
+        timings = {results[mech.runner.slug(named[c])].meta["timing"] for c in coords}
+        stacked["inverse_time"].attrs["timing"] = ",".join(sorted(timings))
         stacked["baseline_score"] = base["score"]
         stacked["baseline_inverse_time"] = base["inverse_time"]
         runs[name] = stacked.drop_vars("dataset", errors="ignore")
@@ -240,6 +242,12 @@ def summarise(ds: xr.Dataset, seed: int) -> xr.Dataset:
     for var in ("accuracy_ci", "baseline_accuracy_ci"):
         ds[var].attrs["long_name"] = "95% percentile bootstrap CI of the mean over samples"
     ds["inverse_time"].attrs["long_name"] = "1/t: inverse seconds in generate per sample"
+    timing = ds["inverse_time"].attrs.get("timing", "")
+    ds["inverse_time"].attrs["timing_note"] = (
+        "sweep: the runs shared one clean prefill, so a layer's seconds cover only its own "
+        "incremental prefill (layers >= L) and decoding; run with --naive-sweep for standalone times"
+        if "sweep" in timing else "per-sample: exact per-sample generate time" if timing == "per-sample"
+        else "amortised: each batch's generate time shared equally by its samples")
     return ds
 
 

@@ -16,24 +16,35 @@ import xarray as xr
 from . import common
 
 
-def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, **run_options) -> xr.Dataset:
+def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, fast: bool = True,
+          **run_options) -> xr.Dataset:
     """Run the masking sweep; returns the study Dataset (see `common.compare`), with the
-    run dim ``layer``: the 0-based decoder layer whose input image tokens are zeroed."""
+    run dim ``layer``: the 0-based decoder layer whose input image tokens are zeroed.
+
+    ``fast`` (default): the runs share one clean prefill per batch (`mech.zero_mask_sweep`;
+    same predictions and chunk files as naive runs, ``timing="sweep"`` seconds); remote
+    runs are always naive."""
     import mech
 
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     named = {layer: mech.ZeroImage(layer=layer) for layer in layers}
-    ds = common.compare(model, samples_by_dataset, named, "layer", out=out, seed=seed, **run_options)
+    ds = common.compare(model, samples_by_dataset, named, "layer", out=out, seed=seed, fast=fast,
+                        **run_options)
     ds["layer"].attrs["long_name"] = "decoder layer whose input image tokens are zeroed (0-based)"
     return ds
 
 
 def main(argv=None) -> xr.Dataset:
-    args = common.parser("layer_masking", __doc__).parse_args(argv)
+    p = common.parser("layer_masking", __doc__)
+    p.add_argument("--naive-sweep", action="store_true",
+                   help="one full generate per layer (1/t of a standalone masked run) instead of "
+                        "sharing the clean prefill")
+    args = p.parse_args(argv)
     common.check_args(args)
     model = common.load_model(args)
     samples = common.load_samples(args)
-    ds = sweep(model, samples, out=args.out, seed=args.seed, **common.run_options(args))
+    ds = sweep(model, samples, out=args.out, seed=args.seed, fast=not args.naive_sweep,
+               **common.run_options(args))
     from mech import plots
 
     print(ds[["accuracy", "mean_inverse_time"]].to_dataframe().round(3).to_string())

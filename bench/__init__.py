@@ -1,0 +1,1 @@
+"""mech's benchmark suite: toolkit paths timed against plain-PyTorch anchors (``python -m bench``)."""

@@ -1,0 +1,314 @@
+"""Benchmarks of mech's toolkit paths against their anchors, with ratio targets.
+
+    python -m bench                       # mid-size random LLaVA-1.5 (CPU: a few minutes)
+    python -m bench --quick               # smoke run on a small model (seconds); no targets judged
+    python -m bench --out bench/results.json --threads 1 --reps 5
+
+Each timing benchmark runs the toolkit path (A) and its anchor (B) interleaved,
+A B A B ..., after one warm-up of each, and reports both medians and the ratio
+median(A) / median(B). Peak memory is measured in a fresh subprocess per path (CPU: peak
+RSS above the loaded model, the kernel's high-water mark reset right before the call;
+GPU: ``torch.cuda.max_memory_allocated``). "Plain forward" is the Hugging Face module
+called directly under ``torch.no_grad()``. Runs on CUDA when available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FULL = dict(layers=8, hidden=512, heads=8, kv_heads=8, image_size=96, patch_size=4,
+            vision_hidden=128, vision_layers=2, batch=2, question_words=125, max_new_tokens=4,
+            capture_layers=[1, 3, 5, 7])
+QUICK = dict(layers=4, hidden=64, heads=4, kv_heads=2, image_size=32, patch_size=4,
+             vision_hidden=32, vision_layers=1, batch=2, question_words=10, max_new_tokens=2,
+             capture_layers=[0, 1, 2, 3])
+
+# (name, measure, target or None)
+TARGETS = {
+    "capture": 1.03, "capture_eager": None, "contrastive": 1.05, "sweep": 0.55,
+    "memory_capture": 1.05, "memory_eager": None, "trace": 1.03,
+}
+
+
+# -- the model and its batch -------------------------------------------------------------
+
+def build(config: dict, attn: str = "sdpa"):
+    """``(mech.Model, Batch)`` for ``config`` on the benchmark device."""
+    import mech
+    from mech.zoo.random_llava import WORDS, random_images, random_llava
+
+    keys = ("layers", "hidden", "heads", "kv_heads", "image_size", "patch_size", "vision_hidden",
+            "vision_layers")
+    module, processor = random_llava("llava-1.5", attn=attn, **{k: config[k] for k in keys})
+    module.to(device())
+    model = mech.load(module, processor=processor)
+    words = [WORDS[i % len(WORDS)] for i in range(config["question_words"])]
+    questions = [" ".join(words[i:] + words[:i]) for i in range(config["batch"])]
+    questions[0] = " ".join(words[:-3])  # rows of different length: left padding
+    batch = model.prepare(questions=questions, images=random_images(config["batch"]))
+    return model, batch
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# -- the paths ---------------------------------------------------------------------------
+
+def plain_forward(model, batch, **kwargs):
+    with torch.no_grad():
+        return model.nn._module(**batch.inputs, **kwargs).logits
+
+
+def traced(model, batch, *interventions):
+    import mech
+
+    results = None
+    with torch.no_grad(), model.trace(batch):
+        if interventions:
+            results = mech.apply(model, batch, *interventions)
+        logits = model.logits.save()
+    return logits, results
+
+
+def capture(model, batch, layers):
+    import mech
+
+    return traced(model, batch, mech.CaptureImageAttention(layers=layers))
+
+
+def contrastive(model, batch):
+    import mech
+
+    return traced(model, batch, mech.ContrastiveMask())
+
+
+def naive_zero_sweep(model, batch, layers, max_new_tokens):
+    """The anchor: one plain Hugging Face generate per layer, image tokens zeroed at the
+    layer's input by a forward pre-hook."""
+    from mech.interventions import _image_multiplier
+
+    module = model.nn._module
+    out = {}
+    for layer in layers:
+        state = {"prefill": True}
+
+        def zero(_, args, state=state):
+            if state["prefill"]:
+                state["prefill"] = False
+                return (args[0] * _image_multiplier(batch, 0.0, args[0]), *args[1:])
+        handle = module.model.language_model.layers[layer].register_forward_pre_hook(zero)
+        try:
+            with torch.no_grad():
+                out[layer] = module.generate(**batch.generate_inputs, max_new_tokens=max_new_tokens,
+                                             do_sample=False,
+                                             pad_token_id=model.processor.tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+    return out
+
+
+# -- timing ------------------------------------------------------------------------------
+
+def interleaved(toolkit, anchor, reps: int) -> dict:
+    """Warm up each, then time ``reps`` interleaved pairs A B A B ...; medians and ratio."""
+    toolkit(), anchor()
+    a, b = [], []
+    for _ in range(reps):
+        for fn, times in ((toolkit, a), (anchor, b)):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    ma, mb = statistics.median(a), statistics.median(b)
+    pairs = [x / y for x, y in zip(a, b)]
+    return {"toolkit_s": ma, "anchor_s": mb, "ratio": ma / mb, "pair_ratio_median": statistics.median(pairs),
+            "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs), "toolkit_all_s": a, "anchor_all_s": b}
+
+
+# -- memory ------------------------------------------------------------------------------
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(path: str, config: dict) -> dict:
+    """Peak memory of one call of ``path`` (in this fresh process) above what is loaded."""
+    import ctypes
+    import gc
+    import tracemalloc
+
+    model, batch = build(config, attn="eager" if path == "eager" else "sdpa")
+    call = {"plain": lambda: plain_forward(model, batch),
+            "capture": lambda: capture(model, batch, config["capture_layers"]),
+            "eager": lambda: plain_forward(model, batch, output_attentions=True)}[path]
+    out = call()  # warm-up: one-off allocations (thread pools, kernels, caches) are not the path's
+    del out
+    gc.collect()
+    if device().type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = call()
+        torch.cuda.synchronize()
+        return {"path": path, "peak_above_loaded_bytes": torch.cuda.max_memory_allocated() - base,
+                "method": "torch.cuda.max_memory_allocated"}
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS: reuse shows in RSS
+    except OSError:
+        pass
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
+    base = _rss_kib("VmRSS")
+    tracemalloc.start()
+    out = call()
+    python_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    peak = _rss_kib("VmHWM")
+    del out
+    return {"path": path, "peak_above_loaded_bytes": (peak - base) * 1024, "loaded_rss_bytes": base * 1024,
+            "peak_rss_bytes": peak * 1024, "python_peak_bytes": python_peak,
+            "method": "VmHWM - VmRSS before (clear_refs 5), tracemalloc for Python objects"}
+
+
+def memory(path: str, config: dict, threads: int) -> dict:
+    code = ("import json, sys, torch; torch.set_num_threads(%d); from bench.__main__ import memory_child; "
+            "print('RESULT' + json.dumps(memory_child(sys.argv[1], json.loads(sys.argv[2]))))" % threads)
+    done = subprocess.run([sys.executable, "-c", code, path, json.dumps(config)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT"):
+            return json.loads(line[6:])
+    raise RuntimeError(f"memory measurement of {path} failed:\n{done.stderr[-3000:]}")
+
+
+# -- the suite ---------------------------------------------------------------------------
+
+def machine(threads: int) -> dict:
+    import nnsight
+    import transformers
+
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": threads,
+            "device": str(device()), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "nnsight": nnsight.__version__,
+            "loadavg": os.getloadavg()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def other_load() -> str:
+    """Other work on the machine during the run (the repository's trainer, by name)."""
+    found = subprocess.run(["pgrep", "-f", "mech.zoo.train"], capture_output=True, text=True).stdout.split()
+    return f"mech.zoo.train running (pid {', '.join(found)})" if found else "none seen"
+
+
+def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print) -> dict:
+    import mech
+
+    model, batch = build(config)
+    layers = config["capture_layers"]
+    rows = {}
+
+    def report(name, what, result):
+        target = TARGETS[name]
+        result.update(measure=what, target=target,
+                      passed=None if target is None else bool(result["ratio"] <= target))
+        rows[name] = result
+        log(f"{what:<62} {result['toolkit_s'] if 'toolkit_s' in result else result['toolkit']:>10.4g} "
+            f"{result['anchor_s'] if 'anchor_s' in result else result['anchor']:>10.4g} "
+            f"{result['ratio']:>7.3f}  {'' if target is None else ('<= %.2f ' % target)}"
+            f"{'' if target is None else ('pass' if result['passed'] else 'FAIL')}"
+            + (f"  (pairs: median {result['pair_ratio_median']:.3f}, {result['pair_ratio_min']:.3f}.."
+               f"{result['pair_ratio_max']:.3f})" if "pair_ratio_median" in result else ""))
+
+    log(f"{'measure':<62} {'toolkit':>10} {'anchor':>10} {'ratio':>7}  target")
+    plain = lambda: plain_forward(model, batch)  # noqa: E731
+    report("trace", "nnsight trace, no intervention vs plain forward [s]",
+           interleaved(lambda: traced(model, batch), plain, reps))
+    report("capture", f"image-attention capture at {len(layers)} layers vs plain SDPA forward [s]",
+           interleaved(lambda: capture(model, batch, layers), plain, reps))
+    eager, _ = build(config, attn="eager")
+    report("capture_eager", "eager output_attentions=True vs plain SDPA forward [s]",
+           interleaved(lambda: plain_forward(eager, batch, output_attentions=True), plain, reps))
+    del eager
+    report("contrastive", "ContrastiveMask in one pass vs plain forward [s]",
+           interleaved(lambda: contrastive(model, batch), plain, reps))
+    all_layers = list(range(model.n_layers))
+    n = len(all_layers)
+    sweep = interleaved(lambda: mech.zero_mask_sweep(model, batch, all_layers, config["max_new_tokens"]),
+                        lambda: naive_zero_sweep(model, batch, all_layers, config["max_new_tokens"]),
+                        sweep_reps)
+    sweep["prefill_floor"] = (n + n * (n + 1) / 2) / (n * n)
+    report("sweep", f"zero-masking sweep, {n} layers vs {n} independent generates [s]", sweep)
+    mem = {p: memory(p, config, threads) for p in ("plain", "capture", "eager")}
+    for name, path, what in (("memory_capture", "capture", "peak memory above loaded, capture vs plain [MiB]"),
+                             ("memory_eager", "eager", "peak memory above loaded, eager attentions vs plain [MiB]")):
+        t, a = mem[path]["peak_above_loaded_bytes"], mem["plain"]["peak_above_loaded_bytes"]
+        report(name, what, {"toolkit": t / 2**20, "anchor": a / 2**20, "ratio": t / a,
+                            "toolkit_detail": mem[path], "anchor_detail": mem["plain"]})
+    return rows
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small model, 1 repetition: a smoke run")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--reps", type=int, default=None, help="interleaved pairs per forward benchmark")
+    p.add_argument("--sweep-reps", type=int, default=None, help="interleaved pairs for the sweep")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    config = QUICK if args.quick else FULL
+    reps = args.reps or (1 if args.quick else 7)
+    sweep_reps = args.sweep_reps or (1 if args.quick else 3)
+    info = machine(args.threads)
+    load_before = other_load()
+    print(f"machine: {info['cpu']} ({info['cpu_cores']} cores), device {info['device']}, "
+          f"torch threads {args.threads}; torch {info['torch']}, transformers {info['transformers']}, "
+          f"nnsight {info['nnsight']}; other load: {load_before}")
+    print(f"config: {config}")
+    start = time.time()
+    rows = run_suite(config, reps, sweep_reps, args.threads)
+    result = {"machine": info, "config": config, "quick": args.quick, "reps": reps, "sweep_reps": sweep_reps,
+              "other_load": {"before": load_before, "after": other_load()},
+              "seconds": time.time() - start, "results": rows,
+              "note": "quick runs use a small model: their ratios are not judged against the targets"
+              if args.quick else ""}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

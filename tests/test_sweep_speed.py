@@ -1,0 +1,151 @@
+"""The fast zero-masking sweep equals the naive one exactly; the benchmark smoke-runs.
+
+Speed targets live in ``python -m bench``, never in timed unit tests.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mech
+from tiny_models import tiny_llava, tiny_samples
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def naive(model, batch, layer, max_new_tokens):
+    """One nnsight generate with ZeroImage at ``layer`` (None: clean), ids and step scores."""
+    with torch.no_grad(), model.generate(batch, max_new_tokens=max_new_tokens, output_scores=True,
+                                         return_dict_in_generate=True) as tracer:
+        if layer is not None:
+            mech.apply(model, batch, mech.ZeroImage(layer=layer))
+        out = tracer.result.save()
+    return out.sequences, torch.stack(out.scores, 1)
+
+
+def test_fast_sweep_equals_naive_generate(model, batch):
+    """ids and step logits bitwise equal, for every layer (0 and the last included)."""
+    layers = list(range(model.n_layers))
+    fast = mech.zero_mask_sweep(model, batch, layers, 6, baseline=True, return_scores=True)
+    assert list(fast) == [None, *layers]
+    changed = 0
+    for layer in [None, *layers]:
+        ids, scores = naive(model, batch, layer, 6)
+        assert torch.equal(fast[layer][0], ids), layer
+        assert torch.equal(fast[layer][1], scores), layer
+        changed += not torch.equal(ids, fast[None][0])
+    assert changed, "masking changed no output: the test would not see a wrong layer"
+
+
+def test_fast_sweep_subset_and_ids_only(model, batch):
+    layers = [model.n_layers - 1, 0]
+    ids = mech.zero_mask_sweep(model, batch, layers, 3)
+    assert list(ids) == layers
+    for layer in layers:
+        assert torch.equal(ids[layer], naive(model, batch, layer, 3)[0])
+    times = {}
+    mech.zero_mask_sweep(model, batch, [1], 2, baseline=True, times=times)
+    assert set(times) == {None, 1} and all(t > 0 for t in times.values())
+
+
+def test_fast_sweep_leaves_model_untouched(model, batch):
+    module = model.nn._module
+    before = list(module.model.language_model.layers)
+    hooks = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in before]
+    mech.zero_mask_sweep(model, batch, [2], 2)
+    after = list(module.model.language_model.layers)
+    assert all(a is b for a, b in zip(before, after))
+    assert hooks == [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in after]
+
+
+def test_fast_sweep_rejects_bad_layers(model, batch):
+    with pytest.raises(ValueError, match="out of range"):
+        mech.zero_mask_sweep(model, batch, [model.n_layers], 2)
+    with pytest.raises(ValueError, match="repeat"):
+        mech.zero_mask_sweep(model, batch, [1, 1], 2)
+
+
+@pytest.fixture(scope="module", params=["llava-1.5", "llava-next"])
+def runner_model(request):
+    module, processor = tiny_llava(request.param)
+    return mech.load(module, processor=processor)
+
+
+def test_runner_fast_sweep_equals_naive_and_shares_chunks(runner_model, tmp_path):
+    """mech.sweep(fast=True): same predictions, scores, new tokens and chunk fingerprints
+    as naive runs; chunks written by either are reused by the other."""
+    model = runner_model
+    samples = tiny_samples(5, sizes=[(40, 50), (30, 90), (64, 40), (50, 50), (90, 30)])
+    named = {"baseline": None,
+             **{mech.slug(mech.ZeroImage(layer=l)): mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
+    options = dict(batch_size=2, chunk_size=2, max_new_tokens=4, progress=False)
+    fast = mech.sweep(model, samples, named, out=tmp_path / "fast", fast=True, **options)
+    slow = mech.sweep(model, samples, named, out=tmp_path / "naive", **options)
+    for name in named:
+        a, b = fast[name], slow[name]
+        assert a.predictions == b.predictions, name
+        assert a.scores == b.scores, name
+        assert [r.new_tokens for r in a.records] == [r.new_tokens for r in b.records], name
+        assert [r.extras for r in a.records] == [r.extras for r in b.records], name
+        assert {r.timing for r in a.records} == {"sweep"} and a.meta["timing"] == "sweep"
+        for index in range(3):
+            chunk = f"chunk-{index:05d}.json"
+            fa = json.loads((tmp_path / "fast" / name / chunk).read_text())["fingerprint"]
+            fb = json.loads((tmp_path / "naive" / name / chunk).read_text())["fingerprint"]
+            assert fa == fb, (name, index)
+    assert len({tuple(r.predictions) for r in fast.values()}) > 1  # masking changed something
+    # naive chunks reused by the fast path, fast chunks by the naive runner
+    again = mech.sweep(model, samples, named, out=tmp_path / "naive", fast=True, **options)
+    assert all(r.reused == [0, 1, 2] and not r.computed for r in again.values())
+    one = mech.slug(mech.ZeroImage(layer=1))
+    back = mech.run(model, samples, mech.ZeroImage(layer=1), out=tmp_path / "fast" / one, **options)
+    assert back.reused == [0, 1, 2] and back.predictions == slow[one].predictions
+
+
+def test_runner_fast_sweep_resumes_missing_chunks(runner_model, tmp_path):
+    model = runner_model
+    samples = tiny_samples(4)
+    options = dict(batch_size=2, chunk_size=2, max_new_tokens=3, progress=False)
+    named = {"baseline": None, "z0": mech.ZeroImage(layer=0), "z3": mech.ZeroImage(layer=3)}
+    full = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
+    (tmp_path / "z3" / "chunk-00001.json").unlink()
+    again = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
+    assert again["z3"].computed == [1] and again["z3"].reused == [0]
+    assert again["baseline"].reused == [0, 1] and not again["baseline"].computed
+    assert all(again[n].predictions == full[n].predictions for n in named)
+
+
+def test_runner_fast_sweep_falls_back_for_other_interventions(runner_model):
+    model = runner_model
+    samples = tiny_samples(2)
+    named = {"out": mech.ZeroImage(layer=1, at="output"), "knock": mech.Knockout(layers=[1])}
+    fast = mech.sweep(model, samples, named, fast=True, batch_size=2, max_new_tokens=2, progress=False)
+    assert all(r.meta["timing"] == "amortised" for r in fast.values())
+
+
+def test_layer_masking_study_fast_equals_naive(runner_model, tmp_path):
+    from studies import layer_masking
+
+    samples = {"shapes": tiny_samples(3)}
+    options = dict(batch_size=3, max_new_tokens=2, progress=False)
+    fast = layer_masking.sweep(runner_model, samples, out=tmp_path / "a", **options)
+    slow = layer_masking.sweep(runner_model, samples, out=tmp_path / "b", fast=False, **options)
+    assert (fast["score"].values == slow["score"].values).all()
+    assert (fast["new_tokens"].values == slow["new_tokens"].values).all()
+    assert (fast["baseline_score"].values == slow["baseline_score"].values).all()
+
+
+def test_bench_quick_runs(tmp_path):
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep",
+                                      "memory_capture", "memory_eager"}
+    assert all(row["ratio"] > 0 for row in result["results"].values())
+    assert result["machine"]["torch_threads"] == 1
