@@ -55,7 +55,7 @@ def test_training_batches_match_processor():
     inputs = processor(text=[PROMPT.format(question=s.question) for s in samples],
                        images=[s.image for s in samples], return_tensors="pt", padding=True)
     assert torch.allclose(inputs["pixel_values"], pixel_values([s.image for s in samples]), atol=1e-5)
-    batcher = Batcher(processor.tokenizer, seed=0, n_image_tokens=16)
+    batcher = Batcher(processor.tokenizer, seed=0, n_image_tokens=64)
     first = inputs["input_ids"][-1][inputs["attention_mask"][-1].bool()].tolist()
     assert first == batcher.user + batcher.image + batcher.ids(samples[-1].question) + batcher.assistant
     ids, labels, pixels = batcher.batch(Stage("final"), size=2, turns=3)
@@ -70,7 +70,7 @@ def test_fresh_model_shapes():
     samples = shapes("test", n=2, seed=0)
     inputs = processor(text=[PROMPT.format(question=s.question) for s in samples],
                        images=[s.image for s in samples], return_tensors="pt", padding=True)
-    assert (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist() == [16, 16]
+    assert (inputs["input_ids"] == model.config.image_token_id).sum(1).tolist() == [64, 64]
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape == (*inputs["input_ids"].shape, len(processor.tokenizer))
