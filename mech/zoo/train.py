@@ -35,9 +35,10 @@ FINAL = Stage("final", n_max=4)
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m mech.zoo.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m mech.zoo.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and the training-data stream")
-    ap.add_argument("--out", default=DEFAULT_DIR, help="output folder (default %(default)s)")
+    ap.add_argument("--out", default=DEFAULT_DIR, help="output folder")
     ap.add_argument("--steps", type=int, default=3200, help="total optimizer steps (both phases)")
     ap.add_argument("--phase2-share", type=float, default=0.45, help="share of steps in phase 2")
     ap.add_argument("--batch-size", type=int, default=32, help="images per step")
