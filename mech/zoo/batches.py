@@ -54,8 +54,9 @@ class Batcher:
     object in the grid cell under each of the P image patches (row-major).
     """
 
-    def __init__(self, tokenizer, seed: int, n_image_tokens: int):
+    def __init__(self, tokenizer, seed: int, n_image_tokens: int, max_exist: int | None = None):
         self.tok = tokenizer
+        self.max_exist = max_exist
         self.rng = split_rng("train", seed)
         self.image = [tokenizer.convert_tokens_to_ids("<image>")] * n_image_tokens
         side = int(round(n_image_tokens ** 0.5))
@@ -77,8 +78,13 @@ class Batcher:
             types = [t for t in QUESTION_TYPES if pool[t]]
             if not types:
                 break
-            qs = pool[types[self.rng.integers(len(types))]]
+            qtype = types[self.rng.integers(len(types))]
+            qs = pool[qtype]
             out.append(qs.pop(int(self.rng.integers(len(qs)))))
+            if qtype == "exist" and self.max_exist is not None:
+                n_exist = sum(a in ("yes", "no") for _, a in out)
+                if n_exist >= self.max_exist:
+                    pool["exist"] = []
         return out
 
     def patch_labels(self, scene: Scene) -> np.ndarray:

@@ -99,7 +99,8 @@ def _card_text(args, result, m, n_params, size_mb) -> str:
         n_params=n_params, size_mb=size_mb, vocab_size=len(processor_vocab(result)), minutes=result["minutes"], rows=rows, curve=curve,
         n_test=m["n_test"], seed=args.seed, steps=args.steps, threads=args.threads,
         batch_size=args.batch_size, turns=args.turns, lr=args.lr, lr2=args.lr2,
-        p1=1 - args.phase2_share, p2=args.phase2_share, aux=getattr(args, "aux_weight", 0), out=args.out,
+        p1=1 - args.phase2_share, p2=args.phase2_share, p3=getattr(args, "phase3_steps", 0),
+        lr3=getattr(args, "lr3", 0.0), aux=getattr(args, "aux_weight", 0), out=args.out,
     )
 
 

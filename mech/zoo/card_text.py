@@ -50,6 +50,11 @@ AdamW betas (0.9, 0.98), weight decay 0.01, grad-clip 1, torch threads {threads}
    3 (25%) and 4 (30%) objects. (In an earlier prototype, without it the model stayed at
    the text-only prior: a small object is ~3% of the pixels.)
 2. **Final task** only, {p2:.0%} of steps, lr raised again to {lr2:g} (cosine, 50 warm-up steps).
+3. **Phase 3**, {p3} more steps (`--phase3-steps`) of the final task with a fresh AdamW, lr {lr3:g}
+   (cosine, 50 warm-up), the data stream of seed + 1, and at most one existence question
+   per image: in phases 1-2 an image could carry both the "yes" and the "no" existence
+   question, so the second is always the opposite of the first, a text shortcut under
+   which existence stayed at chance.
 
 Throughout, an **auxiliary per-patch probe** (weight {aux:g}): a linear layer on the projector
 output (the 64 image-token embeddings entering the decoder) predicts the shape and the colour
@@ -85,10 +90,13 @@ text (the best a model that ignores the image can do); chance: uniform over the 
 ## Retrain exactly
 
 ```bash
-python -m mech.zoo.train --seed {seed} --out {out} --steps {steps} --threads {threads}
+python -m mech.zoo.train --seed {seed} --out {out} --steps {steps} --phase3-steps {p3} --threads {threads}
 ```
 
-(all other flags at their defaults; `--help` lists them). Same seed and thread count give
+(all other flags at their defaults; `--help` lists them). The shipped checkpoint was made in
+two invocations of the same code path (phases 1-2 with `--phase3-steps 0 --out /tmp/run4`,
+then `--phase3-from /tmp/run4 --phase3-steps {p3}`, which loads that checkpoint and runs
+phase 3 exactly as the single command does after phase 2); the minutes above add both. Same seed and thread count give
 the same data stream and initial weights; floating-point summation order can still differ
 across machines, so expect accuracy within ~2 points rather than bit-identical weights.
 `python -m mech.zoo.card --out {out}` re-evaluates a checkpoint and rewrites this card.

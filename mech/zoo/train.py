@@ -54,6 +54,13 @@ def parse_args(argv=None):
                          "slower than 1 while another process held a core)")
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the per-patch shape/colour probe loss (0 disables it)")
+    ap.add_argument("--phase3-steps", type=int, default=0,
+                    help="steps of phase 3: final task, fresh AdamW, data seed+1, one existence "
+                         "question per image")
+    ap.add_argument("--lr3", type=float, default=3e-4, help="phase-3 peak lr")
+    ap.add_argument("--phase3-from", default=None,
+                    help="skip phases 1-2: load their checkpoint (an --out of this command with "
+                         "--phase3-steps 0 and otherwise the same flags) and run phase 3")
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation checks")
     ap.add_argument("--n-test", type=int, default=500, help="test samples for the final metrics")
     return ap.parse_args(argv)
@@ -101,24 +108,21 @@ def quick_accuracy(model, processor, samples) -> dict[str, float]:
     return out
 
 
-def train(args) -> dict:
-    from ..datasets import shapes
-
-    torch.set_num_threads(args.threads)
-    processor = tiny_processor()
-    model = build_model(args.seed, processor)
-    model.train()
-    batcher = Batcher(processor.tokenizer, args.seed, model.config.image_seq_length)
-    val = shapes("validation", n=250, seed=args.seed)
+def fit(model, processor, plan, batcher, val, args, probe_seed=None):
+    """Runs ``plan`` (per step: stage, lr) with a fresh AdamW and a fresh per-patch probe.
+    Returns ``(log, minutes)``."""
+    if probe_seed is not None:
+        torch.manual_seed(probe_seed)
     probe = torch.nn.Linear(model.config.text_config.hidden_size, 1 + 3 + 1 + 6)  # shape | colour
     captured = {}
-    model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: captured.__setitem__("img", o))
+    hook = model.model.multi_modal_projector.register_forward_hook(
+        lambda m, i, o: captured.__setitem__("img", o))
     named = [*model.named_parameters(), *(("probe." + n, p) for n, p in probe.named_parameters())]
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     other = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
-    plan = schedule(args.steps, args.phase2_share, args.lr, args.lr2)
+    model.train()
     log, t0, run_loss = [], time.time(), None
     for step, (stage, lr) in enumerate(plan):
         for g in opt.param_groups:
@@ -150,8 +154,39 @@ def train(args) -> dict:
         elif step % 25 == 0:
             print(f"step {step:5d}/{len(plan)} {(time.time() - t0) / 60:6.1f} min  {stage.name:11s} "
                   f"loss {run_loss:.3f}  aux {run_aux:.3f}", flush=True)
-    minutes = (time.time() - t0) / 60
+    hook.remove()
     model.eval()
+    return log, (time.time() - t0) / 60
+
+
+def train(args) -> dict:
+    """Phases 1-2 (or load them from ``--phase3-from``), then phase 3; saves to ``--out``."""
+    from ..datasets import shapes
+
+    torch.set_num_threads(args.threads)
+    processor = tiny_processor()
+    model = build_model(args.seed, processor)
+    val = shapes("validation", n=250, seed=args.seed)
+    if args.phase3_from:  # the phase-1/2 checkpoint of this same command, saved earlier
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(args.phase3_from, local_files_only=True)
+        saved = json.loads((Path(args.phase3_from) / "training_log.json").read_text())
+        log, minutes = saved["log"], saved["train_minutes"]
+    else:
+        batcher = Batcher(processor.tokenizer, args.seed, model.config.image_seq_length)
+        plan = schedule(args.steps, args.phase2_share, args.lr, args.lr2)
+        log, minutes = fit(model, processor, plan, batcher, val, args)
+    if args.phase3_steps:
+        # fresh optimizer and data stream; one existence question per image, since a second
+        # one in the same dialogue is always the opposite answer (a text shortcut)
+        batcher = Batcher(processor.tokenizer, args.seed + 1, model.config.image_seq_length, max_exist=1)
+        plan = [(FINAL, lr_at(i, args.phase3_steps, args.lr3, 50)) for i in range(args.phase3_steps)]
+        log3, minutes3 = fit(model, processor, plan, batcher, val, args, probe_seed=args.seed + 1)
+        n = args.steps if not log else log[-1]["step"] + 1
+        log = log + [{**e, "step": e["step"] + n, "minutes": e["minutes"] + minutes,
+                      "stage": "phase3"} for e in log3]
+        minutes += minutes3
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
