@@ -54,7 +54,7 @@ def parse_args(argv=None):
                          "slower than 1 while another process held a core)")
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the per-patch shape/colour probe loss (0 disables it)")
-    ap.add_argument("--phase3-steps", type=int, default=0,
+    ap.add_argument("--phase3-steps", type=int, default=900,
                     help="steps of phase 3: final task, fresh AdamW, data seed+1, one existence "
                          "question per image")
     ap.add_argument("--lr3", type=float, default=3e-4, help="phase-3 peak lr")
