@@ -53,8 +53,10 @@ AdamW betas (0.9, 0.98), weight decay 0.01, grad-clip 1, torch threads {threads}
 3. **Phase 3**, {p3} more steps (`--phase3-steps`) of the final task with a fresh AdamW, lr {lr3:g}
    (cosine, 50 warm-up), the data stream of seed + 1, and at most one existence question
    per image: in phases 1-2 an image could carry both the "yes" and the "no" existence
-   question, so the second is always the opposite of the first, a text shortcut under
-   which existence stayed at chance.
+   question, so the second is always the opposite of the first (a text shortcut), and
+   existence stayed near chance. With seed 0, test accuracy after phase 2 was 81.8%
+   (existence 48%); phase 3 raised existence to the value below. Shortcut removal and the
+   extra steps are confounded: no ablation was run.
 
 Throughout, an **auxiliary per-patch probe** (weight {aux:g}): a linear layer on the projector
 output (the 64 image-token embeddings entering the decoder) predicts the shape and the colour
