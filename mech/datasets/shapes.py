@@ -164,7 +164,8 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0) -> list[Sample]:
     ``QUESTION_TYPES`` (equal shares), deterministic in ``(split, n, seed)`` prefix-wise:
     ``shapes(s, 10)`` is the first 10 of ``shapes(s, 100)``. ``extras`` holds
     ``question_type``, ``n_objects`` and the ``scene`` (objects with their grid cells;
-    with the tiny model's 16-px patches, cell (row, col) is image token ``4 * row + col``).
+    with the tiny model's 8-px patches, cell (row, col) covers image tokens
+    ``16 * row + 2 * col + {0, 1, 8, 9}``).
     """
     rng = split_rng(split, seed)
     out = []

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..datasets.shapes import QUESTION_TYPES, Scene, questions, render, scene_in_split, split_rng
+from ..datasets.shapes import COLORS, IMAGE_SIZE, QUESTION_TYPES, SHAPES, Scene, questions, render, scene_in_split, split_rng
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -47,14 +47,20 @@ class Batcher:
     """Draws training batches from the train split's seed stream.
 
     ``batch(stage, size, turns)`` -> ``(input_ids (B, T), labels (B, T), pixel_values
-    (B, 3, 64, 64))``; right padded (causal attention never looks at the padding, so no
-    attention mask is needed), labels ``-100`` except answer words and their ``</s>``.
+    (B, 3, 64, 64), patch_labels (B, P, 2))``; right padded (causal attention never looks
+    at the padding, so no attention mask is needed), labels ``-100`` except answer words
+    and their ``</s>``. ``patch_labels[..., 0]`` is the shape (0 empty, 1 + index in
+    ``SHAPES``) and ``[..., 1]`` the colour (0 empty, 1 + index in ``COLORS``) of the
+    object in the grid cell under each of the P image patches (row-major).
     """
 
-    def __init__(self, tokenizer, seed: int, n_image_tokens: int):
+    def __init__(self, tokenizer, seed: int, n_image_tokens: int, max_exist: int | None = None):
         self.tok = tokenizer
+        self.max_exist = max_exist
         self.rng = split_rng("train", seed)
         self.image = [tokenizer.convert_tokens_to_ids("<image>")] * n_image_tokens
+        side = int(round(n_image_tokens ** 0.5))
+        self.patch_centers = (np.arange(side) + 0.5) * (IMAGE_SIZE / side)  # pixels
         self.user = self.ids("USER:")
         self.assistant = self.ids("ASSISTANT:")
         self.eos = tokenizer.eos_token_id
@@ -72,15 +78,29 @@ class Batcher:
             types = [t for t in QUESTION_TYPES if pool[t]]
             if not types:
                 break
-            qs = pool[types[self.rng.integers(len(types))]]
+            qtype = types[self.rng.integers(len(types))]
+            qs = pool[qtype]
             out.append(qs.pop(int(self.rng.integers(len(qs)))))
+            if qtype == "exist" and self.max_exist is not None:
+                n_exist = sum(a in ("yes", "no") for _, a in out)
+                if n_exist >= self.max_exist:
+                    pool["exist"] = []
         return out
 
+    def patch_labels(self, scene: Scene) -> np.ndarray:
+        """``(P, 2)`` shape/colour ids of the object in the cell under each patch."""
+        cell = (self.patch_centers // (IMAGE_SIZE / scene.grid)).astype(int)
+        grid = np.zeros((scene.grid, scene.grid, 2), dtype=np.int64)
+        for o in scene.objects:
+            grid[o.row, o.col] = SHAPES.index(o.shape) + 1, list(COLORS).index(o.color) + 1
+        return grid[cell[:, None], cell[None, :]].reshape(-1, 2)
+
     def batch(self, stage: Stage, size: int, turns: int):
-        images, seqs, labs = [], [], []
+        images, seqs, labs, patches = [], [], [], []
         for _ in range(size):
             scene = scene_in_split(self.rng, "train", **stage.scene_kw())
             images.append(render(scene))
+            patches.append(self.patch_labels(scene))
             seq, lab = list(self.user) + self.image, [-100] * (len(self.user) + len(self.image))
             for j, (q, a) in enumerate(self.turns(scene, turns)):
                 prompt = (self.user if j else []) + self.ids(q) + self.assistant
@@ -95,4 +115,4 @@ class Batcher:
         for i, (s, l) in enumerate(zip(seqs, labs)):
             ids[i, : len(s)] = torch.tensor(s)
             labels[i, : len(l)] = torch.tensor(l)
-        return ids, labels, pixel_values(images)
+        return ids, labels, pixel_values(images), torch.from_numpy(np.stack(patches))

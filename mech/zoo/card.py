@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..datasets.shapes import COLORS, QUESTION_TYPES, SHAPES
-from .evaluate import accuracy_by_type, predict, prior_by_type
+from .evaluate import accuracy_by_type, predict
 
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / 4, "exist": 1 / 2,
           "spatial": 1 / len(SHAPES)}
@@ -33,7 +33,6 @@ def measure(model, processor, n_test: int) -> dict:
         accuracy=accuracy_by_type(test, predict(model, processor, test)),
         accuracy_image_zeroed=accuracy_by_type(test, predict(model, processor, test, mask_image=True)),
         text_prior=table, chance=CHANCE,
-        test_set_majority_fitted_on_itself=prior_by_type(test),
     )
 
 
@@ -97,11 +96,16 @@ def _card_text(args, result, m, n_params, size_mb) -> str:
     curve = "\n".join(f"| {e['step']} | {e['minutes']:.1f} | {e['stage']} | {e['loss']:.3f} | "
                       f"{e['val']['overall']:.1%} |" for e in log)
     return TEMPLATE.format(
-        n_params=n_params, size_mb=size_mb, minutes=result["minutes"], rows=rows, curve=curve,
+        n_params=n_params, size_mb=size_mb, vocab_size=len(processor_vocab(result)), minutes=result["minutes"], rows=rows, curve=curve,
         n_test=m["n_test"], seed=args.seed, steps=args.steps, threads=args.threads,
         batch_size=args.batch_size, turns=args.turns, lr=args.lr, lr2=args.lr2,
-        phase2_share=args.phase2_share, out=args.out,
+        p1=1 - args.phase2_share, p2=args.phase2_share, p3=getattr(args, "phase3_steps", 0),
+        lr3=getattr(args, "lr3", 0.0), aux=getattr(args, "aux_weight", 0), out=args.out,
     )
+
+
+def processor_vocab(result) -> dict:
+    return result["processor"].tokenizer.get_vocab()
 
 
 def main(argv=None):
