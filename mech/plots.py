@@ -39,7 +39,8 @@ def layer_masking(ds: xr.Dataset, marks: dict | None = None):
             ax.axvspan(layer - 0.4, layer + 0.4, color=colors[2], alpha=0.15)
         review = (marks or {}).get("review")
         if review is not None:
-            ax.axvline(review, color=colors[3], lw=1.5, label=f"review layer {review}")
+            label = f"review layer {review}" + (" (fallback)" if (marks or {}).get("fallback") else "")
+            ax.axvline(review, color=colors[3], lw=1.5, label=label)
         ax.set_title(str(name))
         ax.set_ylabel("accuracy (%)" if j == 0 else "")
         ax.set_ylim(0, 105)
@@ -49,6 +50,9 @@ def layer_masking(ds: xr.Dataset, marks: dict | None = None):
         ax.set_xlabel("decoder layer masked at input")
         shared = "sweep" in ds["inverse_time"].attrs.get("timing", "")
         ax.set_ylabel(("1/t (1/s)" + ("\nshared-prefill timing" if shared else "")) if j == 0 else "")
+        if shared:  # a layer's time covers only layers >= L: not comparable across layers
+            ax.text(0.02, 0.95, "shared clean prefill: not standalone 1/t\n(--naive-sweep for standalone)",
+                    transform=ax.transAxes, fontsize=6, va="top", color="0.35")
         ax.set_xticks(layers if len(layers) <= 16 else layers[::2])
     axes[0, 0].legend(loc="lower right", fontsize=7)
     fig.suptitle("Zero-masking image tokens layer by layer", y=1.02)

@@ -65,7 +65,7 @@ def main(argv=None) -> xr.Dataset:
     print("1/4 layer-masking sweep")
     masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **options)
     chosen = layer_choice.resolve(args, model, masking)
-    marks = {"fusion": chosen.fusion, "review": chosen.review}
+    marks = {"fusion": chosen.fusion, "review": chosen.review, "fallback": chosen.source == "fallback"}
     common.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
     print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
           f"post-integrated layer {chosen.post}\n    {chosen.reason}")
