@@ -79,8 +79,47 @@ def write_card(args, result) -> dict:
     plot(result["log"], out / "training_curve.png")
     n_params = sum(p.numel() for p in model.parameters())
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    (out / "README.md").write_text(_card_text(args, result, metrics, n_params, size_mb))
+    text = _card_text(args, result, metrics, n_params, size_mb)
+    text += LAYER_SECTION.format(n_test=args.n_test, table=layer_curve(out, args.n_test))
+    (out / "README.md").write_text(text)
     return metrics
+
+
+LAYER_SECTION = """
+## Where the image matters: the layer curve
+
+Test accuracy ({n_test} samples) with every image-token hidden state zeroed at the input of
+one decoder layer (prefill), measured by the toolkit's own path (`mech.load`, the runner,
+`mech.ZeroImage`, the official VQA metric); `python -m studies.layer_masking --limit {n_test}`
+draws it with bootstrap CIs.
+
+{table}
+"""
+
+
+def layer_curve(out, n_test: int) -> str:
+    """Markdown: test accuracy per question type with the image tokens zeroed at the input
+    of each decoder layer, measured with mech itself (``mech.load``, the runner,
+    ``mech.ZeroImage``, the VQA metric), i.e. what ``python -m studies.layer_masking`` runs."""
+    from collections import defaultdict
+
+    import mech
+    from ..datasets import shapes
+
+    model = mech.load(str(out))
+    test = shapes("test", n=n_test, seed=TEST_SEED)
+    named = {"none": None, **{f"zero-layer{l}": mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
+    runs = mech.sweep(model, test, named, fast=True, batch_size=50, max_new_tokens=3, progress=False)
+    types = [*QUESTION_TYPES, "overall"]
+    lines = ["| image tokens zeroed at | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
+    for name, results in runs.items():
+        hits = defaultdict(list)
+        for sample, record in zip(test, results.records):
+            hits[sample.extras["question_type"]].append(record.score)
+            hits["overall"].append(record.score)
+        label = "no masking" if name == "none" else f"input of layer {name.removeprefix('zero-layer')}"
+        lines.append(f"| {label} | " + " | ".join(f"{sum(hits[t]) / len(hits[t]):.1%}" for t in types) + " |")
+    return "\n".join(lines)
 
 
 def _row(name, m, t):
