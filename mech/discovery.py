@@ -332,7 +332,7 @@ def min_hellinger_check(
     ``exclude_last`` layers are not searched (default 2: the final layer is the reference
     itself and its neighbour is trivially close), so layers 0..N-1-exclude_last are.
     Returns the layer with the smallest mean distance, the layers statistically tied with
-    it, and whether it equals ``post_layer`` (the drop-based post-integrated layer).
+    it, and whether it equals ``post_layer`` (the post-integrated layer in use: discovered from drops, given, or the fallback).
     """
     _check_unit(confidence, "confidence")
     if int(exclude_last) != exclude_last or exclude_last < 0:
@@ -362,7 +362,7 @@ def min_hellinger_check(
         reason += f"; not distinguishable from layers {', '.join(str(L) for L in tied if L != best)}"
     if post_layer is not None:
         verdict = "agrees with" if agrees else "differs from"
-        reason += f"; {verdict} the drop-based post-integrated layer {post_layer}"
+        reason += f"; {verdict} the chosen post-integrated layer {post_layer}"
         if not agrees and int(post_layer) in tied:
             reason += " (which is statistically tied with it)"
     return HellingerCheck(best, tied, agrees, reason + ".", ds)

@@ -5,7 +5,7 @@ decoder layer i, mean over heads, renormalised over the image tokens — is capt
 every layer in one pass, and H(A(i), A(final)) is its Hellinger distance to the final
 layer's. The paper takes the layer whose attention is closest to the final one (the
 minimum before the last layers) as the post-integrated layer; `mech.discovery.
-min_hellinger_check` reports that layer and whether it agrees with the drop-based one.
+min_hellinger_check` reports that layer and whether it agrees with the post-integrated layer in use.
 
 Writes ``hellinger_profile.nc`` and ``hellinger_profile.png/.pdf`` under ``--out``.
 """

@@ -176,7 +176,7 @@ def test_min_hellinger_finds_the_post_layer_and_reports_agreement():
     h = hellinger(28)
     r = min_hellinger_check(h, post_layer=28)
     assert r.layer == 28 and r.agrees is True and r.tied_layers == (28,)
-    assert "agrees with the drop-based post-integrated layer 28" in r.reason
+    assert "agrees with the chosen post-integrated layer 28" in r.reason
     other = min_hellinger_check(h, post_layer=27)
     assert other.agrees is False and "differs from" in other.reason
     assert min_hellinger_check(h).agrees is None
