@@ -332,7 +332,8 @@ def min_hellinger_check(
     ``exclude_last`` layers are not searched (default 2: the final layer is the reference
     itself and its neighbour is trivially close), so layers 0..N-1-exclude_last are.
     Returns the layer with the smallest mean distance, the layers statistically tied with
-    it, and whether it equals ``post_layer`` (the post-integrated layer in use: discovered from drops, given, or the fallback).
+    it, and whether it equals ``post_layer`` (the post-integrated layer in use: discovered
+    from drops, given, or the fallback).
     """
     _check_unit(confidence, "confidence")
     if int(exclude_last) != exclude_last or exclude_last < 0:
