@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 import xarray as xr
 
 from studies import baselines

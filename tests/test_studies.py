@@ -57,8 +57,6 @@ def test_review_layer_writes_everything(checkpoint, out, capsys):
 
 def test_rerun_reuses_every_chunk(checkpoint, out, capsys):
     """A second run of the main job recomputes nothing (resume through the runner)."""
-    import mech
-
     before = {p: p.stat().st_mtime_ns for p in (out / "chunks").rglob("*") if p.is_file() and "chunk" in p.name}
     review_layer.main(["--model", checkpoint, "--out", str(out), *ARGS])
     after = {p: p.stat().st_mtime_ns for p in before}

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 import mech
 from mech.vicrop import RATIOS, ViCrop, crop_box, grid_region, two_image_prompt, window_sums
