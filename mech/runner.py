@@ -135,7 +135,7 @@ class _Job:
     """One run's configuration, fingerprints, chunk store and growing `Results`."""
 
     def __init__(self, model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
-                 chunk_size, extras, remote, timing=None, decoder=None):
+                 chunk_size, extras, remote, timing=None, decoder=None, shared_image_rows=False):
         interventions = _as_list(intervention)
         _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
         if chunk_size is None:
@@ -155,6 +155,8 @@ class _Job:
         }
         if decoder is not None:  # absent otherwise, so chunks written before decoders still match
             base["decoder"] = st.canonical(decoder)
+        if shared_image_rows:  # other arithmetic (see mech.shared_rows): its own chunks
+            base["generation"]["image_rows"] = "shared"
         self.meta = meta = {
             "model": model.source, "revision": model.revision, "family": model.family.name,
             "intervention": st.dumps(base["intervention"]),
@@ -163,6 +165,7 @@ class _Job:
             "question_prompt": _name(question_prompt), "n_samples": len(samples),
             "timing": timing or ("per-sample" if batch_size == 1 else "amortised"),
             "device": str(model.device), "versions": _versions(), "remote": str(remote),
+            "image_rows": "shared" if shared_image_rows else "per sample",
         }
         if store is not None:
             store.write(store.folder / "run.json", {**meta, "fingerprint": {**base, "samples": "per chunk"}})
@@ -197,7 +200,7 @@ class _Job:
         self.result.computed.append(index)
 
 
-def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool = False,
+def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str = False,
           **kwargs) -> dict[str, Results]:
     """`run` each intervention on the same samples; ``{name: Results}``.
 
@@ -211,7 +214,15 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool = Fal
     of the naive runs (chunks are interchangeable both ways); only ``seconds`` differ,
     marked ``timing="sweep"`` (the baseline's is the clean generate, a layer's its own
     incremental generate). Anything else falls back to one `run` per intervention.
+
+    ``fast="shared"``: as ``fast=True``, and the zeroed image rows are computed once per
+    batch (`mech.shared_rows`): about half the work again, predictions equal to the naive
+    runs' and scores up to floating-point summation order. Such chunks are fingerprinted
+    apart (``image_rows: shared``), never mixed with bitwise ones.
     """
+    if fast not in (False, True, "exact", "shared"):
+        raise ValueError(f"fast={fast!r}: use False (naive runs), True or 'exact' (bitwise-exact sweep) "
+                         "or 'shared' (image rows shared across the batch)")
     samples = list(samples)
     if isinstance(interventions, Mapping):
         named = dict(interventions)
@@ -227,7 +238,7 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool = Fal
             raise ValueError(f"run name {name!r} is not a safe folder name ([A-Za-z0-9_.+=-])")
     folders = {name: None if out is None else Path(out) / name for name in named}
     if fast and not kwargs.get("remote") and all(_zero_layer(iv) is not ... for iv in named.values()):
-        return _zero_mask_sweep(model, samples, named, folders, **kwargs)
+        return _zero_mask_sweep(model, samples, named, folders, shared=fast == "shared", **kwargs)
     return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
                       decoder=iv if isinstance(iv, Decoder) else None, out=folders[name], **kwargs)
             for name, iv in named.items()}
@@ -248,7 +259,7 @@ def _zero_layer(intervention):
     return ...
 
 
-def _zero_mask_sweep(model, samples, named, folders, *, batch_size: int = 8, max_new_tokens: int = 8,
+def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, batch_size: int = 8, max_new_tokens: int = 8,
                      question_prompt: Callable = prompts_mod.question_prompt,
                      chunk_size: int | None = None, extras=True, progress: bool = True,
                      remote=False) -> dict[str, Results]:
@@ -261,11 +272,13 @@ def _zero_mask_sweep(model, samples, named, folders, *, batch_size: int = 8, max
 
     from .zero_sweep import zero_mask_sweep
 
-    jobs = {name: _Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
-                       chunk_size, extras, remote, timing="sweep") for name, iv in named.items()}
     layer_of = {name: _zero_layer(iv) for name, iv in named.items()}
+    jobs = {name: _Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
+                       chunk_size, extras, remote, timing="sweep",
+                       shared_image_rows=shared and layer_of[name] is not None)
+            for name, iv in named.items()}
     bar = tqdm(total=len(samples) * len(jobs), disable=not progress, unit="run-sample",
-               desc=f"zero-mask sweep ({len(jobs)} runs)")
+               desc=f"zero-mask sweep ({len(jobs)} runs{', shared image rows' if shared else ''})")
     try:
         chunks = zip(*(job.chunks() for job in jobs.values()))
         for parts in chunks:
@@ -281,7 +294,8 @@ def _zero_mask_sweep(model, samples, named, folders, *, batch_size: int = 8, max
                 part = chunk[b:b + batch_size]
                 batch = model.prepare(part, question_prompt=question_prompt)
                 times: dict = {}
-                ids = zero_mask_sweep(model, batch, layers, max_new_tokens, baseline=True, times=times)
+                ids = zero_mask_sweep(model, batch, layers, max_new_tokens, baseline=True, times=times,
+                                      share_image_rows=shared)
                 for name in todo:
                     key = layer_of[name]
                     new[name] += _records(model, part, batch, ids[key][:, batch.seq_len:], times[key],

@@ -140,9 +140,13 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
     needed = set(layers)
     below = model.n_layers if share_image_rows else max(layers, default=0)
     if share_image_rows:
-        from .shared_rows import shared_layout
+        from .shared_rows import SharedLayoutError, shared_layout
 
-        layout = shared_layout(batch)
+        try:
+            layout = shared_layout(batch)
+        except SharedLayoutError as error:
+            raise ValueError(f"share_image_rows: {error}, so the zeroed image rows are not the same for "
+                             "every row; run without share_image_rows (bitwise-exact sweep)") from None
 
     def keep_input(index):
         def hook(_, args, kwargs):

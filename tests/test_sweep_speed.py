@@ -149,3 +149,73 @@ def test_bench_quick_runs(tmp_path):
                                       "memory_capture", "memory_eager"}
     assert all(row["ratio"] > 0 for row in result["results"].values())
     assert result["machine"]["torch_threads"] == 1
+
+
+# -- shared image rows: equal to naive up to floating-point summation order ---------------
+
+def _rows_alone(model, batch, images, layer, max_new_tokens):
+    """Naive step scores of each row run in a batch of its own (no padding): how much the
+    naive method itself moves when only the batch layout changes."""
+    return [naive(model, model.prepare(prompts=[prompt], images=[image]), layer, max_new_tokens)[1][0]
+            for prompt, image in zip(batch.prompts, images)]
+
+
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next"])
+def test_shared_rows_sweep_within_naive_batch_layout_jitter(family):
+    """Same ids as the naive runs; scores off by no more than the naive run's own change
+    between a padded batch and rows run alone."""
+    module, processor = tiny_llava(family, layers=4)
+    model = mech.load(module, processor=processor)
+    from tiny_models import QUESTIONS, random_images
+
+    images = random_images(3, sizes=[(40, 50), (30, 90), (64, 40)])
+    batch = model.prepare(questions=[QUESTIONS[0] + " and the square too", *QUESTIONS[1:]], images=images)
+    assert len(set((batch.inputs["attention_mask"] == 0).sum(1).tolist())) > 1  # rows are padded differently
+    if family == "llava-next":
+        assert len(set(batch.image_counts.tolist())) > 1  # and hold different numbers of image tokens
+    layers = list(range(model.n_layers))
+    shared = mech.zero_mask_sweep(model, batch, layers, 5, return_scores=True, share_image_rows=True)
+    for layer in layers:
+        ids, scores = naive(model, batch, layer, 5)
+        assert torch.equal(shared[layer][0], ids), layer
+        # a row alone stops at its end-of-sequence token; a batch goes on for the others
+        jitter = max((a - s[:len(a)]).abs().max().item()
+                     for a, s in zip(_rows_alone(model, batch, images, layer, 5), scores))
+        off = (shared[layer][1] - scores).abs().max().item()
+        assert off <= max(2 * jitter, 1e-6 * scores.abs().max().item()), (layer, off, jitter)
+
+
+def test_shared_rows_sweep_on_the_trained_tiny_model():
+    """On the embedded model (sharp logits, real answers) every layer's ids are the naive ones."""
+    model = mech.load("tiny")
+    samples = mech.datasets.shapes("test", n=6, seed=3)
+    batch = model.prepare(samples)
+    shared = mech.zero_mask_sweep(model, batch, None, 3, share_image_rows=True)
+    exact = mech.zero_mask_sweep(model, batch, None, 3)
+    assert all(torch.equal(shared[layer], exact[layer]) for layer in exact)
+    assert len({tuple(ids.flatten().tolist()) for ids in exact.values()}) > 1
+
+
+def test_shared_rows_refuses_rows_with_different_text_before_the_image(model):
+    from tiny_models import random_images
+
+    batch = model.prepare(prompts=["USER: <image>\nwhat? ASSISTANT:", "USER: look <image>\nwhat? ASSISTANT:"],
+                          images=random_images(2))
+    with pytest.raises(ValueError, match="differ in the text before the image.*bitwise-exact"):
+        mech.zero_mask_sweep(model, batch, [1], 2, share_image_rows=True)
+
+
+def test_runner_shared_sweep_keeps_its_own_chunks(runner_model, tmp_path):
+    model = runner_model
+    samples = tiny_samples(4, sizes=[(40, 50), (30, 90), (64, 40), (50, 50)])
+    named = {"baseline": None, "z1": mech.ZeroImage(layer=1), "z2": mech.ZeroImage(layer=2)}
+    options = dict(batch_size=2, chunk_size=2, max_new_tokens=4, progress=False)
+    shared = mech.sweep(model, samples, named, out=tmp_path, fast="shared", **options)
+    exact = mech.sweep(model, samples, named, fast=True, **options)
+    assert all(shared[n].predictions == exact[n].predictions for n in named)
+    assert shared["z1"].meta["image_rows"] == "shared" and shared["baseline"].meta["image_rows"] == "per sample"
+    again = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
+    assert again["baseline"].reused == [0, 1]  # the clean run is the same arithmetic
+    assert again["z1"].computed == [0, 1] and again["z2"].computed == [0, 1]  # bitwise runs redo theirs
+    with pytest.raises(ValueError, match="fast='approx'"):
+        mech.sweep(model, samples, named, fast="approx", **options)
