@@ -145,7 +145,7 @@ def test_bench_quick_runs(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep",
+    assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep", "sweep_exact",
                                       "memory_capture", "memory_eager"}
     assert all(row["ratio"] > 0 for row in result["results"].values())
     assert result["machine"]["torch_threads"] == 1
@@ -219,3 +219,4 @@ def test_runner_shared_sweep_keeps_its_own_chunks(runner_model, tmp_path):
     assert again["z1"].computed == [0, 1] and again["z2"].computed == [0, 1]  # bitwise runs redo theirs
     with pytest.raises(ValueError, match="fast='approx'"):
         mech.sweep(model, samples, named, fast="approx", **options)
+    assert result["results"]["sweep"]["ids_equal_naive"] and result["results"]["sweep_exact"]["ids_equal_naive"]
