@@ -218,7 +218,8 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
     ``fast="shared"``: as ``fast=True``, and the zeroed image rows are computed once per
     batch (`mech.shared_rows`): about half the work again, predictions equal to the naive
     runs' and scores up to floating-point summation order. Such chunks are fingerprinted
-    apart (``image_rows: shared``), never mixed with bitwise ones.
+    apart (``image_rows: shared``) and kept in ``out/<name>+shared-rows``, never mixed
+    with bitwise ones.
     """
     if fast not in (False, True, "exact", "shared"):
         raise ValueError(f"fast={fast!r}: use False (naive runs), True or 'exact' (bitwise-exact sweep) "
@@ -238,6 +239,9 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
             raise ValueError(f"run name {name!r} is not a safe folder name ([A-Za-z0-9_.+=-])")
     folders = {name: None if out is None else Path(out) / name for name in named}
     if fast and not kwargs.get("remote") and all(_zero_layer(iv) is not ... for iv in named.values()):
+        if fast == "shared" and out is not None:  # beside the bitwise chunks, never over them
+            folders = {name: folder if _zero_layer(named[name]) is None else folder.with_name(name + "+shared-rows")
+                       for name, folder in folders.items()}
         return _zero_mask_sweep(model, samples, named, folders, shared=fast == "shared", **kwargs)
     return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
                       decoder=iv if isinstance(iv, Decoder) else None, out=folders[name], **kwargs)

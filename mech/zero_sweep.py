@@ -23,6 +23,13 @@ sweep's prefill for a sweep over all ``n`` layers, plus the decode steps, which 
 Variants are run one after the other, not stacked into one batch: stacking changes the
 matrix shapes, and with them the floating-point results, so ids could differ.
 
+``share_image_rows=True`` goes further (`mech.shared_rows`): once zeroed, the image rows
+of layers ``>= L`` are the same for every sample, so they are computed once per batch on
+one unpadded row, and each sample runs only its rows after the image. That is roughly
+``(n_image + batch * n_text) / (batch * seq)`` of each variant's remaining work; the
+results equal the naive run's up to floating-point summation order (ids equal, scores
+within the naive run's own change under a different batch layout), not bit for bit.
+
 Only the local Hugging Face module is used (no nnsight trace), so this does not run on
 NDIF; `mech.sweep(..., fast=True)` falls back to naive runs where it does not apply.
 """

@@ -16,14 +16,15 @@ import xarray as xr
 from . import common
 
 
-def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, fast: bool = True,
+def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, fast: bool | str = True,
           **run_options) -> xr.Dataset:
     """Run the masking sweep; returns the study Dataset (see `common.compare`), with the
     run dim ``layer``: the 0-based decoder layer whose input image tokens are zeroed.
 
     ``fast`` (default): the runs share one clean prefill per batch (`mech.zero_mask_sweep`;
-    same predictions and chunk files as naive runs, ``timing="sweep"`` seconds); remote
-    runs are always naive."""
+    same predictions and chunk files as naive runs, ``timing="sweep"`` seconds);
+    ``fast="shared"`` also computes the zeroed image rows once per batch (equal to naive up
+    to floating-point summation order; its own chunks); remote runs are always naive."""
     import mech
 
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
@@ -39,17 +40,29 @@ def main(argv=None) -> xr.Dataset:
     p.add_argument("--naive-sweep", action="store_true",
                    help="one full generate per layer (1/t of a standalone masked run) instead of "
                         "sharing the clean prefill")
+    p.add_argument("--share-image-rows", action="store_true",
+                   help="also compute the zeroed image rows of layers >= L once per batch instead of "
+                        "once per sample: about half the work again; predictions equal to the naive "
+                        "runs', scores up to floating-point summation order (not bitwise); kept in "
+                        "chunks of their own")
     args = p.parse_args(argv)
     common.check_args(args)
+    if args.naive_sweep and args.share_image_rows:
+        raise SystemExit("--naive-sweep and --share-image-rows exclude each other: pick one way to run the sweep")
     model = common.load_model(args)
     samples = common.load_samples(args)
-    ds = sweep(model, samples, out=args.out, seed=args.seed, fast=not args.naive_sweep,
+    fast = False if args.naive_sweep else "shared" if args.share_image_rows else True
+    ds = sweep(model, samples, out=args.out, seed=args.seed, fast=fast,
                **common.run_options(args))
     from mech import plots
 
     print(ds[["accuracy", "mean_inverse_time"]].to_dataframe().round(3).to_string())
     return common.finish(ds, args, model, "layer_masking", plots.layer_masking,
-                         intervention="ZeroImage(layer=L, at='input') during prefill")
+                         intervention="ZeroImage(layer=L, at='input') during prefill",
+                         sweep={False: "naive: one full generate per layer",
+                                True: "bitwise exact: clean prefill shared, layers >= L recomputed",
+                                "shared": "clean prefill and zeroed image rows shared across the batch "
+                                          "(equal to naive up to floating-point summation order)"}[fast])
 
 
 if __name__ == "__main__":

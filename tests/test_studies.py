@@ -116,8 +116,22 @@ def test_discovered_layers_or_an_honest_fallback():
 def test_cli_rejects_bad_options(tmp_path):
     with pytest.raises(SystemExit, match="--batch-size 0"):
         layer_masking.main(["--batch-size", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="exclude each other"):
+        layer_masking.main(["--naive-sweep", "--share-image-rows", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown dataset"):
         hellinger_profile.main(["--datasets", "shapes,nope", "--out", str(tmp_path)])
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit, match="is a file"):
         review_layer.main(["--out", str(tmp_path / "file")])
+
+
+def test_layer_masking_with_shared_image_rows(checkpoint, tmp_path):
+    """--share-image-rows: the same accuracies as the bitwise sweep, chunks kept apart."""
+    args = ["--model", checkpoint, *ARGS]
+    exact = layer_masking.main([*args, "--out", str(tmp_path)])
+    shared = layer_masking.main([*args, "--out", str(tmp_path), "--share-image-rows"])
+    assert (exact["score"].values == shared["score"].values).all()
+    assert exact.attrs["sweep"].startswith("bitwise") and "shared" in shared.attrs["sweep"]
+    assert sorted(p.name for p in (tmp_path / "chunks" / "shapes").glob("*+shared-rows")) == \
+        sorted(p.name + "+shared-rows" for p in (tmp_path / "chunks" / "shapes").glob("zeroimage-*")
+               if not p.name.endswith("+shared-rows"))

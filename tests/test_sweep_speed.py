@@ -149,6 +149,7 @@ def test_bench_quick_runs(tmp_path):
                                       "memory_capture", "memory_eager"}
     assert all(row["ratio"] > 0 for row in result["results"].values())
     assert result["machine"]["torch_threads"] == 1
+    assert result["results"]["sweep"]["ids_equal_naive"] and result["results"]["sweep_exact"]["ids_equal_naive"]
 
 
 # -- shared image rows: equal to naive up to floating-point summation order ---------------
@@ -217,6 +218,7 @@ def test_runner_shared_sweep_keeps_its_own_chunks(runner_model, tmp_path):
     again = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
     assert again["baseline"].reused == [0, 1]  # the clean run is the same arithmetic
     assert again["z1"].computed == [0, 1] and again["z2"].computed == [0, 1]  # bitwise runs redo theirs
+    assert (tmp_path / "z1+shared-rows" / "chunk-00000.json").exists()  # and leave the shared ones be
+    assert mech.sweep(model, samples, named, out=tmp_path, fast="shared", **options)["z2"].reused == [0, 1]
     with pytest.raises(ValueError, match="fast='approx'"):
         mech.sweep(model, samples, named, fast="approx", **options)
-    assert result["results"]["sweep"]["ids_equal_naive"] and result["results"]["sweep_exact"]["ids_equal_naive"]
