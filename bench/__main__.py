@@ -229,7 +229,8 @@ def other_load() -> str:
     return f"mech.zoo.train running (pid {', '.join(found)})" if found else "none seen"
 
 
-def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print, judge: bool = True) -> dict:
+def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print, judge: bool = True,
+              memory_reps: int = 3) -> dict:
     import mech
 
     model, batch = build(config)
@@ -277,12 +278,21 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
         if not shared:  # one full prefill, then layers >= L for each L: n + n(n+1)/2 of n^2 layer passes
             result["prefill_floor"] = (n + n * (n + 1) / 2) / (n * n)
         report(name, what, result)
-    mem = {p: memory(p, config, threads) for p in ("plain", "capture", "eager")}
+    # One fresh process per path and repetition, interleaved: a single RSS peak moves by
+    # 10-20% between processes (allocator and page reuse), so medians are compared.
+    runs = {p: [] for p in ("plain", "capture", "eager")}
+    for _ in range(memory_reps):
+        for path in runs:
+            runs[path].append(memory(path, config, threads))
+    peak = {p: statistics.median(r["peak_above_loaded_bytes"] for r in found) for p, found in runs.items()}
     for name, path, what in (("memory_capture", "capture", "peak memory above loaded, capture vs plain [MiB]"),
                              ("memory_eager", "eager", "peak memory above loaded, eager attentions vs plain [MiB]")):
-        t, a = mem[path]["peak_above_loaded_bytes"], mem["plain"]["peak_above_loaded_bytes"]
-        report(name, what, {"toolkit": t / 2**20, "anchor": a / 2**20, "ratio": t / a,
-                            "toolkit_detail": mem[path], "anchor_detail": mem["plain"]})
+        pairs = [t["peak_above_loaded_bytes"] / a["peak_above_loaded_bytes"]
+                 for t, a in zip(runs[path], runs["plain"])]
+        report(name, what, {"toolkit": peak[path] / 2**20, "anchor": peak["plain"] / 2**20,
+                            "ratio": peak[path] / peak["plain"], "pair_ratio_median": statistics.median(pairs),
+                            "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs),
+                            "toolkit_detail": runs[path], "anchor_detail": runs["plain"]})
     return rows
 
 
@@ -294,6 +304,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--reps", type=int, default=None, help="interleaved pairs per forward benchmark")
     p.add_argument("--sweep-reps", type=int, default=None, help="interleaved pairs for the sweep")
+    p.add_argument("--memory-reps", type=int, default=None,
+                   help="fresh processes per path for peak memory (default 3; quick: 1)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -307,7 +319,8 @@ def main(argv=None) -> dict:
           f"nnsight {info['nnsight']}; other load: {load_before}")
     print(f"config: {config}")
     start = time.time()
-    rows = run_suite(config, reps, sweep_reps, args.threads, judge=not args.quick)
+    rows = run_suite(config, reps, sweep_reps, args.threads, judge=not args.quick,
+                     memory_reps=args.memory_reps or (1 if args.quick else 3))
     result = {"machine": info, "config": config, "quick": args.quick, "reps": reps, "sweep_reps": sweep_reps,
               "other_load": {"before": load_before, "after": other_load()},
               "seconds": time.time() - start, "results": rows,
