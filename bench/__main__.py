@@ -249,7 +249,9 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
             + (f"  (pairs: median {result['pair_ratio_median']:.3f}, {result['pair_ratio_min']:.3f}.."
                f"{result['pair_ratio_max']:.3f})" if "pair_ratio_median" in result else "")
             + ("" if "ids_equal_naive" not in result else
-               f"  ids {'equal to' if result['ids_equal_naive'] else 'DIFFER from'} naive"))
+               f"  ids {'equal to' if result['ids_equal_naive'] else 'DIFFER from'} naive")
+            + ("" if "max_logit_difference_vs_naive" not in result else
+               f", logits within {result['max_logit_difference_vs_naive']:.1e}"))
 
     log(f"{'measure':<70} {'toolkit':>10} {'anchor':>10} {'ratio':>7}  target")
     plain = lambda: plain_forward(model, batch)  # noqa: E731
@@ -275,6 +277,13 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
         ids = fast()
         result = interleaved(fast, anchor, sweep_reps)
         result["ids_equal_naive"] = all(torch.equal(ids[l], naive_ids[l]) for l in all_layers)
+        if shared:  # the bitwise sweep's scores are the naive ones (tests/test_sweep_speed.py)
+            a = mech.zero_mask_sweep(model, batch, all_layers, new_tokens, return_scores=True,
+                                     share_image_rows=True)
+            b = mech.zero_mask_sweep(model, batch, all_layers, new_tokens, return_scores=True)
+            result["max_logit_difference_vs_naive"] = max((a[l][1] - b[l][1]).abs().max().item()
+                                                          for l in all_layers)
+            result["max_abs_logit"] = max(b[l][1].abs().max().item() for l in all_layers)
         if not shared:  # one full prefill, then layers >= L for each L: n + n(n+1)/2 of n^2 layer passes
             result["prefill_floor"] = (n + n * (n + 1) / 2) / (n * n)
         report(name, what, result)
