@@ -34,6 +34,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
+KEY_BLOCK = 128  # key positions rotated at once by `query_attention_row`
+
+
 def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, key_padding: torch.Tensor, *, head_dim: int,
                         scaling: float, position: int = -1) -> torch.Tensor:
@@ -54,12 +57,18 @@ def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tenso
     q = query.view(batch, seq, -1, head_dim).transpose(1, 2)[:, :, position:position + 1]
     k = key.view(batch, seq, -1, head_dim).transpose(1, 2)
     q = apply_rope(q.float(), cos[:, position:position + 1].float(), sin[:, position:position + 1].float())
-    k = apply_rope(k.float(), cos.float(), sin.float())
     heads, kv_heads = q.shape[1], k.shape[1]
     # Grouped-query attention: head h reads kv head h // groups; grouping the query heads
     # by kv head avoids copying the keys once per group.
     q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-    scores = (q @ k.transpose(-1, -2)).reshape(batch, heads, seq) * scaling  # [batch, heads, seq]
+    # Rotate the keys a block of positions at a time: a whole rotated float32 copy (and
+    # its temporaries) would add several key-sized tensors to the forward's peak memory.
+    scores = torch.empty(batch, kv_heads, heads // kv_heads, seq, dtype=torch.float32, device=query.device)
+    for start in range(0, seq, KEY_BLOCK):
+        end = min(start + KEY_BLOCK, seq)
+        block = apply_rope(k[:, :, start:end].float(), cos[:, start:end].float(), sin[:, start:end].float())
+        scores[..., start:end] = q @ block.transpose(-1, -2)
+    scores = scores.reshape(batch, heads, seq) * scaling  # [batch, heads, seq]
     allowed = key_padding.bool().clone()
     allowed[:, position + 1:] = False
     scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))

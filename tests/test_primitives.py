@@ -98,8 +98,14 @@ def test_knockout_matches_hooks(model, batch, query):
                   mech.Knockout(layers=which, query=query))
 
 
-@pytest.mark.parametrize("heads", ["mean", "max", "none"])
-def test_capture_matches_output_attentions(models, batch, heads):
+@pytest.mark.parametrize("heads,key_block", [("mean", 128), ("max", 128), ("none", 128), ("mean", 7)])
+def test_capture_matches_output_attentions(models, batch, heads, key_block, monkeypatch):
+    """``key_block`` 7: keys rotated in many uneven blocks (the default covers these short
+    prompts in one)."""
+    from mech import attention
+
+    assert key_block == attention.KEY_BLOCK or batch.seq_len > 3 * key_block
+    monkeypatch.setattr(attention, "KEY_BLOCK", key_block)
     eager = models["eager"]
     expected = eager_image_attention(eager.nn._module, batch.inputs, eager.image_token_id,
                                      range(eager.n_layers), heads)

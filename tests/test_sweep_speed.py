@@ -197,6 +197,21 @@ def test_shared_rows_sweep_on_the_trained_tiny_model():
     assert len({tuple(ids.flatten().tolist()) for ids in exact.values()}) > 1
 
 
+def test_shared_rows_sweep_without_padding(model, batch):
+    """One row, or rows of equal length: no attention mask reaches the layers (SDPA's
+    causal flag), and the rows after the image still see only what they may."""
+    from tiny_models import random_images
+
+    for prepared in (model.prepare(prompts=batch.prompts[:1], images=random_images(1)),
+                     model.prepare(prompts=[batch.prompts[0]] * 2, images=random_images(2, seed=1))):
+        assert bool(prepared.inputs["attention_mask"].all())
+        shared = mech.zero_mask_sweep(model, prepared, None, 4, return_scores=True, share_image_rows=True)
+        for layer, (ids, scores) in shared.items():
+            reference = naive(model, prepared, layer, 4)
+            assert torch.equal(ids, reference[0]), layer
+            assert torch.allclose(scores, reference[1], rtol=0, atol=1e-6), layer
+
+
 def test_shared_rows_refuses_rows_with_different_text_before_the_image(model):
     from tiny_models import random_images
 
