@@ -240,8 +240,8 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
     folders = {name: None if out is None else Path(out) / name for name in named}
     if fast and not kwargs.get("remote") and all(_zero_layer(iv) is not ... for iv in named.values()):
         if fast == "shared" and out is not None:  # beside the bitwise chunks, never over them
-            folders = {name: folder if _zero_layer(named[name]) is None else folder.with_name(name + "+shared-rows")
-                       for name, folder in folders.items()}
+            folders = {name: folder if _zero_layer(named[name]) is None
+                       else folder.with_name(name + "+shared-rows") for name, folder in folders.items()}
         return _zero_mask_sweep(model, samples, named, folders, shared=fast == "shared", **kwargs)
     return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
                       decoder=iv if isinstance(iv, Decoder) else None, out=folders[name], **kwargs)
@@ -263,8 +263,8 @@ def _zero_layer(intervention):
     return ...
 
 
-def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, batch_size: int = 8, max_new_tokens: int = 8,
-                     question_prompt: Callable = prompts_mod.question_prompt,
+def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, batch_size: int = 8,
+                     max_new_tokens: int = 8, question_prompt: Callable = prompts_mod.question_prompt,
                      chunk_size: int | None = None, extras=True, progress: bool = True,
                      remote=False) -> dict[str, Results]:
     """`sweep` of ZeroImage runs (and the baseline) sharing one clean prefill per batch.

@@ -45,7 +45,7 @@ def shared_layout(batch: Batch) -> dict:
     mask = batch.inputs["attention_mask"]
     ids = batch.inputs["input_ids"]
     pad = (mask == 0).sum(1)
-    counts = batch.image_valid.sum(1)
+    counts = batch.image_counts
     first = batch.image_index[:, 0]
     if (counts == 0).any():
         raise SharedLayoutError("a row has no image tokens")

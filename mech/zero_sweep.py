@@ -182,38 +182,37 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
     for layer in layers:
         stand_ins = {i: _CachedLayer(decoder[i], i, *cached[i]) for i in range(layer)}
         masked = entering[layer] * _image_multiplier(batch, 0.0, entering[layer])
-        if share_image_rows:
-            with torch.no_grad(), clock(layer):
-                results[layer] = _shared_variant(module, decoder, layout, layer, masked, cached, stand_ins,
-                                                 text_inputs, max_new_tokens, pad, return_scores)
-            continue
-        state = {"prefill": True}
+        with torch.no_grad(), clock(layer):
+            if share_image_rows:  # layers >= L run the rows after the image; no input to replace
+                from .shared_rows import SharedImageRows
 
-        def replace_input(_, args, kwargs, masked=masked, state=state):
-            if not state["prefill"]:
-                return None
-            state["prefill"] = False
-            if args:
-                return (masked, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": masked}
-
-        handle = decoder[layer].register_forward_pre_hook(replace_input, with_kwargs=True)
-        with torch.no_grad(), _hooks([handle]), _swapped(decoder, stand_ins), clock(layer):
-            out = _generate(module, text_inputs, max_new_tokens, pad, return_scores)
+                shared = SharedImageRows(decoder, module.model.language_model.rotary_emb, layout, layer,
+                                         masked, cached)
+                stand_ins.update({j: shared.stand_in(j, masked if j == layer else None)
+                                  for j in range(layer, len(decoder))})
+                handles = []
+            else:
+                handles = [decoder[layer].register_forward_pre_hook(_prefill_input(masked), with_kwargs=True)]
+            with _hooks(handles), _swapped(decoder, stand_ins):
+                out = _generate(module, text_inputs, max_new_tokens, pad, return_scores)
         results[layer] = _output(out, return_scores)
     if times is not None:
         times.update(clock.seconds)
     return results
 
 
-def _shared_variant(module, decoder, layout, layer, masked, cached, stand_ins, text_inputs, max_new_tokens,
-                    pad, scores):
-    from .shared_rows import SharedImageRows
+def _prefill_input(masked: torch.Tensor):
+    """A forward pre-hook that hands the layer ``masked`` as its input in the prefill only."""
+    state = {"prefill": True}
 
-    shared = SharedImageRows(decoder, module.model.language_model.rotary_emb, layout, layer, masked, cached)
-    stand_ins.update({j: shared.stand_in(j, masked if j == layer else None) for j in range(layer, len(decoder))})
-    with _swapped(decoder, stand_ins):
-        return _output(_generate(module, text_inputs, max_new_tokens, pad, scores), scores)
+    def replace_input(_, args, kwargs):
+        if not state["prefill"]:
+            return None
+        state["prefill"] = False
+        if args:
+            return (masked, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": masked}
+    return replace_input
 
 
 def _output(out, scores: bool):
