@@ -20,17 +20,11 @@ from typing import Any, Sequence
 
 import torch
 
+from . import templates
 from .batch import Batch
-
-IMAGE_TOKEN = "<image>"
+from .templates import IMAGE_TOKEN
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
-
-TEMPLATES = {
-    "vicuna": "USER: <image>\n{question} ASSISTANT:",
-    "mistral": "[INST] <image>\n{question} [/INST]",
-}
-
 
 @dataclass(frozen=True)
 class Family:
@@ -56,12 +50,6 @@ def family_of(module: torch.nn.Module) -> Family:
     return FAMILIES[name]
 
 
-def default_template(config) -> str:
-    """LLaVA-1.5 and vicuna NeXT use the vicuna template; mistral NeXT uses [INST]."""
-    text_type = getattr(getattr(config, "text_config", None), "model_type", "llama")
-    return TEMPLATES["mistral" if text_type == "mistral" else "vicuna"]
-
-
 class Model:
     """A LLaVA model traced by nnsight.
 
@@ -69,7 +57,9 @@ class Model:
         nn: the ``nnsight.TransformersModel``; ``model.nn.model.language_model.layers[i]``
             is decoder layer ``i``.
         family: `Family` (``family.name`` is ``"llava-1.5"`` or ``"llava-next"``).
-        template: prompt template with ``{question}`` and one ``<image>``.
+        prompt_template: the `mech.templates.PromptTemplate` in use (the processor's chat
+            template, lmms-eval's vicuna fallback, or the one given).
+        template: its exact text (Jinja source or format string), as recorded.
         processor: the Hugging Face processor (may be None for a structure-only model).
         source: what was loaded (hub id, path, "tiny" or a description).
         revision: hub revision, when one was given.
@@ -79,12 +69,9 @@ class Model:
         self.nn = nn
         self.family = family_of(nn._module)
         self.config = nn._module.config
-        self.template = template or default_template(self.config)
-        if self.template.count(IMAGE_TOKEN) != 1 or "{question}" not in self.template:
-            raise ValueError(
-                f"template {self.template!r} must contain exactly one {IMAGE_TOKEN} and '{{question}}'"
-            )
         self.processor = getattr(nn, "processor", None)
+        self.prompt_template = templates.resolve(self.processor, template)
+        self.template = self.prompt_template.text
         if self.processor is not None:
             self.processor.tokenizer.padding_side = "left"  # last prompt token at -1 in every row
         self.source = source
@@ -147,8 +134,9 @@ class Model:
     # -- inputs --------------------------------------------------------------
 
     def prompt(self, question: str) -> str:
-        """The family's chat prompt around ``question`` (one ``<image>``)."""
-        return self.template.format(question=question)
+        """The full prompt around ``question``: one user turn of ``<image>`` and the text,
+        through the chat template (see `mech.templates`), generation prompt added."""
+        return self.prompt_template.render(self.processor, question)
 
     def prepare(self, samples: Sequence | None = None, *, questions: Sequence[str] | None = None,
                 images: Sequence | None = None, prompts: Sequence[str] | None = None,
@@ -242,7 +230,9 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
             (``"llava-hf/llava-1.5-7b-hf"``), or an already-built
             ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
         processor: the processor for an already-built module (required for ``prepare``).
-        template: prompt template override (``{question}`` and one ``<image>``).
+        template: prompt template override: a format string with ``{question}`` and one
+            ``<image>``, or a name in `mech.templates.TEMPLATES`; default: the processor's
+            chat template (lmms-eval's vicuna fallback when there is none).
         revision: hub revision to pin.
         dtype, device_map: passed to ``from_pretrained``.
         attn_implementation: ``"sdpa"`` (default; attention capture never needs eager) or

@@ -7,8 +7,6 @@ handle's business).
 
 from __future__ import annotations
 
-from typing import Mapping
-
 from .datasets.sample import Sample
 
 __all__ = ["question_prompt", "POST_PROMPTS", "SHORT_ANSWER", "UNANSWERABLE"]
@@ -16,11 +14,10 @@ __all__ = ["question_prompt", "POST_PROMPTS", "SHORT_ANSWER", "UNANSWERABLE"]
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 UNANSWERABLE = "\nWhen the provided information is insufficient, respond with 'Unanswerable'."
 
-# lmms-eval ``default`` post_prompt of each task template (vqav2, gqa, textvqa, ok_vqa,
-# vizwiz_vqa, docvqa); LLaVA-1.5's own eval files use the same short-answer line. (One
-# stored revision of lmms-eval's vqav2_val.yaml overrides the default to "", which we
-# do not follow: LLaVA's VQAv2 protocol asks for the short answer.)
-POST_PROMPTS: Mapping[str, str] = {
+# lmms-eval 0.7.3's ``default`` post_prompt of each task (vqav2_val, gqa, textvqa_val,
+# ok_vqa_val2014, vizwiz_vqa_val, docvqa_val); LLaVA-1.5's own eval files use the same
+# short-answer line. `mech.datasets.register` adds entries.
+POST_PROMPTS: dict[str, str] = {
     "vqav2": SHORT_ANSWER,
     "gqa": SHORT_ANSWER,
     "textvqa": SHORT_ANSWER,
@@ -30,6 +27,7 @@ POST_PROMPTS: Mapping[str, str] = {
     # The embedded tiny model was trained on bare questions with one-word answers; its
     # word-level vocabulary has no "answer/single/phrase": the post-prompt would be <unk>s.
     "shapes": "",
+    "easyvqa": SHORT_ANSWER,
 }
 
 # lmms-eval's textvqa/vizwiz doc_to_text call str.capitalize(), which also lower-cases

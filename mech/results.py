@@ -36,6 +36,7 @@ class Record:
     timing: str
     batch_size: int
     extras: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def inverse_time(self) -> float:
@@ -69,13 +70,19 @@ class Results:
         return [r.score for r in self.records]
 
     @classmethod
-    def load(cls, folder) -> "Results":
+    def load(cls, folder, protocol: str | None = None) -> "Results":
         """Read a finished run's folder without the model (``computed`` stays empty).
 
-        Raises ValueError if a chunk is missing, unreadable, or from another configuration.
+        ``protocol``: which of each record's ``scores`` becomes ``score`` (default: the
+        protocol the folder's last run used). Raises ValueError if a chunk is missing,
+        unreadable, or from another configuration.
         """
+        from . import metrics
+
         folder = Path(folder)
         meta = json.loads((folder / "run.json").read_text())
+        protocol = metrics.check_protocol(protocol or meta.get("protocol", metrics.DEFAULT_PROTOCOL))
+        meta["protocol"] = protocol
         base = {k: v for k, v in meta.pop("fingerprint").items() if k != "samples"}
         n_chunks = -(-meta["n_samples"] // meta["chunk_size"])
         records, store = [], st.ChunkStore(folder)
@@ -90,6 +97,9 @@ class Results:
                                  f"rerun mech.run with out={str(folder)!r} to finish it") from None
             if st.dumps(fingerprint) != st.dumps(base):
                 raise ValueError(f"{store.path(index)} is from another configuration than run.json")
+            for r in chunk:
+                if r.scores:
+                    r.score = r.scores[protocol]
             records += chunk
         return cls(records, meta, reused=list(range(n_chunks)))
 

@@ -2,9 +2,14 @@
 
 ::
 
-    results = mech.run(model, samples, mech.ZeroImage(layer=3), out="runs/zero3",
-                       batch_size=8, max_new_tokens=8)
+    results = mech.run(model, samples, mech.ZeroImage(layer=3), out="runs/zero3", batch_size=8)
     ds = results.to_xarray()      # dim "sample": score, correct, seconds, inverse_time, ...
+
+Generation follows each dataset's lmms-eval task (`mech.generation`: the new-token cap,
+the whole continuation kept, stripped) unless ``max_new_tokens`` overrides the cap for
+all; predictions are scored under every protocol (`mech.metrics`), and ``score`` is the
+one of ``protocol``. Scores are recomputed from the stored predictions when chunks are
+reused, so one generation serves both protocols.
 
 Timing (``Record.seconds``, and 1/t = ``inverse_time`` in 1/s): the clock
 (``time.perf_counter``, after a CUDA synchronise on GPU) runs around the
@@ -32,17 +37,17 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from . import metrics
+from . import generation, metrics
 from . import prompts as prompts_mod
 from . import store as st
 from .interventions import Intervention, apply
 from .results import Record, Results
 
-__all__ = ["run", "sweep", "slug", "Decoder", "Record", "Results", "SHORT_ANSWER_DATASETS"]
+__all__ = ["run", "sweep", "slug", "Decoder", "Record", "Results"]
 
-# Datasets whose prompt asks for "a single word or phrase": like LLaVA's evaluation we
-# keep the first line only, so a rambling continuation does not spoil an exact match.
-SHORT_ANSWER_DATASETS = frozenset(prompts_mod.POST_PROMPTS)
+# What a prediction is, recorded in every chunk fingerprint (chunks of the earlier
+# first-line rule are therefore recomputed, not mixed in).
+OUTPUT = "whole continuation, special tokens skipped, stripped"
 
 # Result keys in the batch's padded image-token layout ([batch, ..., n_image]): trimmed
 # to each sample's own image-token count so records do not depend on batch-mates.
@@ -77,7 +82,8 @@ class Decoder:
 
 
 def run(model, samples: Iterable, intervention: Intervention | Sequence[Intervention] | None = None,
-        *, out=None, batch_size: int = 8, max_new_tokens: int = 8,
+        *, out=None, batch_size: int = 8, max_new_tokens: int | None = None,
+        protocol: str = metrics.DEFAULT_PROTOCOL,
         question_prompt: Callable = prompts_mod.question_prompt, chunk_size: int | None = None,
         extras: bool | Iterable[str] = True, progress: bool = True,
         remote: bool | str = False, decoder: Decoder | None = None) -> Results:
@@ -91,7 +97,12 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             (per-token weights) are refused: the runner makes its own batches.
         out: folder for chunk files (resume); None keeps everything in memory.
         batch_size: samples per generate call (1 gives exact per-sample timings).
-        max_new_tokens: generation length cap.
+        max_new_tokens: new-token cap for every sample; None (default) takes each
+            sample's dataset cap from `mech.generation` (lmms-eval's task configs). A
+            batch generates to its largest cap and each row is cut at its own, which is
+            what a separate run at that cap would generate (greedy decoding).
+        protocol: which scores ``Record.score`` holds: ``"lmms-eval"`` (default) or
+            ``"official"`` (`mech.metrics`); ``Record.scores`` holds both.
         question_prompt: ``sample -> str``, the text put in the model's template.
         chunk_size: samples per chunk file, a multiple of ``batch_size``; default the
             smallest multiple >= 64. Batches never straddle chunks.
@@ -113,17 +124,16 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
     samples = list(samples)
     _check_decoder(model, decoder, _as_list(intervention), remote)
     job = _Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
-               chunk_size, extras, remote, decoder=decoder)
+               chunk_size, extras, remote, decoder=decoder, protocol=protocol)
     bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=job.meta["slug"])
     try:
         for index, chunk, fingerprint in job.chunks():
-            if job.reuse(index, fingerprint):
+            if job.reuse(index, chunk, fingerprint):
                 bar.update(len(chunk))
                 continue
             new = []
             for b in range(0, len(chunk), batch_size):
-                new += _run_batch(model, chunk[b:b + batch_size], job.interventions, max_new_tokens,
-                                  question_prompt, job.keep, remote, decoder)
+                new += _run_batch(model, chunk[b:b + batch_size], job, remote, decoder)
                 bar.update(len(chunk[b:b + batch_size]))
             job.save(index, fingerprint, new)
     finally:
@@ -135,13 +145,15 @@ class _Job:
     """One run's configuration, fingerprints, chunk store and growing `Results`."""
 
     def __init__(self, model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
-                 chunk_size, extras, remote, timing=None, decoder=None, shared_image_rows=False):
+                 chunk_size, extras, remote, timing=None, decoder=None, shared_image_rows=False,
+                 protocol=metrics.DEFAULT_PROTOCOL):
         interventions = _as_list(intervention)
-        _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size)
+        _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size, protocol)
         if chunk_size is None:
             chunk_size = batch_size * -(-64 // batch_size)
         self.model, self.samples, self.interventions = model, samples, interventions
-        self.chunk_size, self.question_prompt = chunk_size, question_prompt
+        self.chunk_size, self.question_prompt, self.protocol = chunk_size, question_prompt, protocol
+        self.caps = generation.caps((s.dataset for s in samples), max_new_tokens)
         self.keep = keep = extras if isinstance(extras, bool) else \
             sorted({extras} if isinstance(extras, str) else set(extras))
         self.store = store = st.ChunkStore(out) if out is not None else None
@@ -149,7 +161,8 @@ class _Job:
             "format": st.FORMAT,
             "model": st.model_fingerprint(model),
             "intervention": st.canonical(interventions) if interventions else None,
-            "generation": {"max_new_tokens": max_new_tokens, "do_sample": False, "batch_size": batch_size},
+            "generation": {"max_new_tokens": dict(sorted(self.caps.items())), "do_sample": False,
+                           "batch_size": batch_size, "output": OUTPUT},
             "prompt": {"question_prompt": _name(question_prompt)},
             "extras": keep,
         }
@@ -161,7 +174,7 @@ class _Job:
             "model": model.source, "revision": model.revision, "family": model.family.name,
             "intervention": st.dumps(base["intervention"]),
             "slug": slug(decoder if decoder is not None else intervention),
-            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "chunk_size": chunk_size,
+            "max_new_tokens": self.caps, "protocol": protocol, "batch_size": batch_size, "chunk_size": chunk_size,
             "question_prompt": _name(question_prompt), "n_samples": len(samples),
             "timing": timing or ("per-sample" if batch_size == 1 else "amortised"),
             "device": str(model.device), "versions": _versions(), "remote": str(remote),
@@ -179,23 +192,33 @@ class _Job:
             yield index, chunk, {**self.base, "samples": {"ids": [s.id for s in chunk],
                                                           "digest": st.sample_digest(chunk, texts)}}
 
-    def reuse(self, index, fingerprint) -> bool:
-        """Take chunk ``index`` from the store if it is there and matches."""
+    def reuse(self, index, chunk, fingerprint) -> bool:
+        """Take chunk ``index`` from the store if it is there and matches; its scores are
+        recomputed from the stored predictions (under every protocol)."""
         stored, problem = _reuse(self.store, index, fingerprint)
         if problem:
             warnings.warn(problem, st.ChunkWarning, stacklevel=3)
             self.result.rejected[index] = problem
         if stored is None:
             return False
+        for record, sample in zip(stored, chunk):
+            record.scores, record.score = _scores(sample, record.prediction, self.protocol)
         self.result.records += stored
         self.result.reused.append(index)
         return True
+
+    def batch_cap(self, samples) -> int:
+        """New tokens a batch generates: the largest cap among its samples."""
+        return max(self.caps[s.dataset] for s in samples)
+
+    def records(self, samples, new, seconds, per_sample, timing=None) -> list[Record]:
+        return _records(self.model, samples, new, seconds, per_sample, self.caps, self.protocol, timing)
 
     def save(self, index, fingerprint, new: list[Record]) -> None:
         if self.store is not None:
             self.store.save(index, fingerprint, [asdict(r) for r in new],
                             {"device": self.meta["device"], "versions": self.meta["versions"],
-                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                             "protocol": self.protocol, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self.result.records += new
         self.result.computed.append(index)
 
@@ -264,7 +287,8 @@ def _zero_layer(intervention):
 
 
 def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, batch_size: int = 8,
-                     max_new_tokens: int = 8, question_prompt: Callable = prompts_mod.question_prompt,
+                     max_new_tokens: int | None = None, protocol: str = metrics.DEFAULT_PROTOCOL,
+                     question_prompt: Callable = prompts_mod.question_prompt,
                      chunk_size: int | None = None, extras=True, progress: bool = True,
                      remote=False) -> dict[str, Results]:
     """`sweep` of ZeroImage runs (and the baseline) sharing one clean prefill per batch.
@@ -279,8 +303,9 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
     layer_of = {name: _zero_layer(iv) for name, iv in named.items()}
     jobs = {name: _Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
                        chunk_size, extras, remote, timing="sweep",
-                       shared_image_rows=shared and layer_of[name] is not None)
+                       shared_image_rows=shared and layer_of[name] is not None, protocol=protocol)
             for name, iv in named.items()}
+    first = next(iter(jobs.values()))
     bar = tqdm(total=len(samples) * len(jobs), disable=not progress, unit="run-sample",
                desc=f"zero-mask sweep ({len(jobs)} runs{', shared image rows' if shared else ''})")
     try:
@@ -288,7 +313,7 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
         for parts in chunks:
             index, chunk = parts[0][0], parts[0][1]
             fingerprints = {name: part[2] for name, part in zip(jobs, parts)}
-            todo = [name for name, job in jobs.items() if not job.reuse(index, fingerprints[name])]
+            todo = [name for name, job in jobs.items() if not job.reuse(index, chunk, fingerprints[name])]
             bar.update(len(chunk) * (len(jobs) - len(todo)))
             if not todo:
                 continue
@@ -298,12 +323,12 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
                 part = chunk[b:b + batch_size]
                 batch = model.prepare(part, question_prompt=question_prompt)
                 times: dict = {}
-                ids = zero_mask_sweep(model, batch, layers, max_new_tokens, baseline=True, times=times,
+                ids = zero_mask_sweep(model, batch, layers, first.batch_cap(part), baseline=True, times=times,
                                       share_image_rows=shared)
                 for name in todo:
                     key = layer_of[name]
-                    new[name] += _records(model, part, batch, ids[key][:, batch.seq_len:], times[key],
-                                          [dict() for _ in part], timing="sweep")
+                    new[name] += first.records(part, ids[key][:, batch.seq_len:], times[key], [dict() for _ in part],
+                                               timing="sweep")
                 bar.update(len(part) * len(todo))
             for name in todo:
                 jobs[name].save(index, fingerprints[name], new[name])
@@ -347,17 +372,17 @@ def _reuse(store, index, fingerprint) -> tuple[list[Record] | None, str | None]:
 # -- one batch ---------------------------------------------------------------------------
 
 
-def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, keep,
-               remote=False, decoder=None) -> list[Record]:
-    batch = model.prepare(samples, question_prompt=question_prompt)
+def _run_batch(model, samples, job, remote=False, decoder=None) -> list[Record]:
+    batch = model.prepare(samples, question_prompt=job.question_prompt)
+    interventions, cap = job.interventions, job.batch_cap(samples)
     results = None
     with torch.no_grad():
         start = time.perf_counter()
         if decoder is not None:
-            new, decoded = decoder.generate(model, batch, max_new_tokens, samples)
+            new, decoded = decoder.generate(model, batch, cap, samples)
         else:
             options = {"remote": remote} if remote else {}
-            with model.generate(batch, max_new_tokens=max_new_tokens, **options) as tracer:
+            with model.generate(batch, max_new_tokens=cap, **options) as tracer:
                 if interventions:
                     results = apply(model, batch, *interventions)
                 ids = tracer.result.save()
@@ -365,31 +390,39 @@ def _run_batch(model, samples, interventions, max_new_tokens, question_prompt, k
         if new.device.type == "cuda":
             torch.cuda.synchronize(new.device)
         seconds = time.perf_counter() - start
+    keep = job.keep
     if decoder is not None:
         per_sample = [{k: v for k, v in row.items() if keep is True or (keep is not False and k in keep)}
                       for row in decoded]
     else:
         per_sample = _split_results(interventions, results, batch, keep)
-    return _records(model, samples, batch, new, seconds, per_sample)
+    return job.records(samples, new, seconds, per_sample)
 
 
-def _records(model, samples, batch, new, seconds, per_sample, timing=None) -> list[Record]:
-    """One `Record` per sample from the new token ids ``[batch, new]``; ``seconds`` is the
-    batch's time."""
+def _scores(sample, prediction: str, protocol: str) -> tuple[dict[str, float], float | None]:
+    """``({protocol: score}, score under protocol)``; empty and None without answers."""
+    if not len(sample.answers):
+        return {}, None
+    scores = {p: metrics.score(sample.dataset, prediction, sample.answers, protocol=p) for p in metrics.PROTOCOLS}
+    return scores, scores[protocol]
+
+
+def _records(model, samples, new, seconds, per_sample, caps, protocol, timing=None) -> list[Record]:
+    """One `Record` per sample from the new token ids ``[batch, new]``, each row cut at its
+    dataset's cap (``caps``); ``seconds`` is the batch's time."""
     new = new.cpu()
     counts = _count_new_tokens(new, _eos_ids(model))
     tokenizer = model.processor.tokenizer
     n = len(samples)
     records = []
     for i, sample in enumerate(samples):
-        text = tokenizer.decode(new[i, :counts[i]], skip_special_tokens=True).strip()
-        if sample.dataset in SHORT_ANSWER_DATASETS:
-            text = text.split("\n", 1)[0].strip()
-        score = metrics.score(sample.dataset, text, sample.answers) if len(sample.answers) else None
+        count = min(counts[i], caps[sample.dataset])
+        text = tokenizer.decode(new[i, :count], skip_special_tokens=True).strip()
+        scores, score = _scores(sample, text, protocol)
         records.append(Record(id=sample.id, dataset=sample.dataset, prediction=text, score=score,
-                              seconds=seconds / n, new_tokens=counts[i],
+                              seconds=seconds / n, new_tokens=count,
                               timing=timing or ("per-sample" if n == 1 else "amortised"), batch_size=n,
-                              extras=per_sample[i]))
+                              extras=per_sample[i], scores=scores))
     return records
 
 
@@ -456,8 +489,11 @@ def _as_list(intervention) -> list:
                     f"not {type(intervention).__name__}")
 
 
-def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size) -> None:
+def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size, protocol) -> None:
+    metrics.check_protocol(protocol)
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if value is None and name == "max_new_tokens":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
@@ -474,9 +510,9 @@ def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk
         raise ValueError(f"sample ids must be unique (records and chunks are keyed by id); "
                          f"repeated: {dupes}")
     for sample in samples:
-        if sample.dataset not in metrics.METRIC_OF:
-            raise ValueError(f"sample {sample.id}: no metric for dataset {sample.dataset!r}; "
-                             f"known: {sorted(metrics.METRIC_OF)}")
+        if sample.dataset not in metrics.SCORERS:
+            raise ValueError(f"sample {sample.id}: no scorer for dataset {sample.dataset!r}; known: "
+                             f"{', '.join(sorted(metrics.SCORERS))} (add one with mech.datasets.register)")
     if model.processor is None:
         raise ValueError("the runner needs a model loaded with its processor")
     for iv in interventions:

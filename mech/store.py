@@ -99,6 +99,7 @@ def model_fingerprint(model) -> dict:
         "weights_probe": probe.hexdigest(),
         "dtype": str(params[0].dtype),
         "template": model.template,
+        "template_source": model.prompt_template.source,
     }
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .interventions import CaptureImageAttention, apply
-from .model import IMAGE_TOKEN
+from .templates import IMAGE_TOKEN
 from .runner import Decoder
 
 GENERAL_PROMPT = "Write a general description of the image."

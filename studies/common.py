@@ -1,8 +1,8 @@
 """What every study shares: its command line, its inputs, and how results are written.
 
 Each study is ``python -m studies.NAME`` with the same options (``--model``,
-``--datasets``, ``--limit``, ``--batch-size``, ``--max-new-tokens``, ``--out``,
-``--remote``, ``--seed``) and writes ``<out>/<name>.nc`` (an ``xarray.Dataset`` whose
+``--datasets``, ``--limit``, ``--batch-size``, ``--max-new-tokens``, ``--protocol``,
+``--out``, ``--remote``, ``--seed``, ``--import``) and writes ``<out>/<name>.nc`` (an ``xarray.Dataset`` whose
 ``attrs`` say how it was made) plus figures as PNG and PDF.
 """
 
@@ -31,13 +31,22 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                         "Hugging Face id such as llava-hf/llava-1.5-7b-hf")
     p.add_argument("--revision", default=None, help="hub revision to pin (with a hub id)")
     p.add_argument("--datasets", default="shapes",
-                   help="comma-separated: shapes, vqav2, gqa, textvqa, okvqa, vizwiz, docvqa "
-                        "(default: shapes)")
+                   help="comma-separated: shapes, easyvqa, vqav2, gqa, textvqa, okvqa, vizwiz, docvqa, or "
+                        "a dataset registered by an --import module (default: shapes)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable), e.g. one that calls mech.datasets.register "
+                        "for a dataset of your own")
     p.add_argument("--limit", type=int, default=200,
                    help="samples per dataset, a seeded subsample (default: 200)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="samples per generate call; 1 gives exact per-sample 1/t (default: 16)")
-    p.add_argument("--max-new-tokens", type=int, default=4, help="answer length cap (default: 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="new-token cap for every dataset (default: each dataset's lmms-eval task setting: "
+                        "VQAv2, GQA, shapes 16; DocVQA 32; TextVQA, OK-VQA, VizWiz 1024, lmms-eval's "
+                        "llava_hf default; generation stops at EOS before that)")
+    p.add_argument("--protocol", default="lmms-eval", choices=["lmms-eval", "official"],
+                   help="scoring: lmms-eval 0.7.3's task scoring (default) or each benchmark's official "
+                        "scorer; predictions are shared, so switching protocol regenerates nothing")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"output folder shared by all studies: {name}.nc and figures go there, "
                         "generation chunks under chunks/, and finished chunks are reused by every "
@@ -56,16 +65,28 @@ def check_args(args) -> None:
         raise SystemExit(f"--limit {args.limit}: give at least 1 sample per dataset")
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise SystemExit(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
     if args.out.exists() and not args.out.is_dir():
         raise SystemExit(f"--out {args.out} is a file; give a folder")
     dataset_names(args)
 
 
+def import_modules(args) -> None:
+    import importlib
+
+    for name in getattr(args, "imports", []):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise SystemExit(f"--import {name}: cannot import it ({error}); give an importable module name "
+                             "(its folder on PYTHONPATH)") from None
+
+
 def dataset_names(args) -> list[str]:
     import mech
 
+    import_modules(args)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     if not names:
         raise SystemExit("--datasets is empty; e.g. --datasets shapes")
@@ -94,7 +115,7 @@ def load_samples(args) -> dict[str, list]:
 
 def run_options(args) -> dict[str, Any]:
     """Keyword options every study passes to `mech.run` / `mech.sweep`."""
-    options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, protocol=args.protocol,
                    progress=not args.no_progress)
     if args.remote:
         options["remote"] = True if args.remote == "ndif" else "local"
@@ -109,11 +130,22 @@ def provenance(args, model, **extra) -> dict[str, Any]:
 
     import mech
 
+    names = dataset_names(args)
+    caps = mech.generation.caps(names, args.max_new_tokens)
     attrs = {
         "model": model.source, "revision": model.revision or "", "family": model.family.name,
         "decoder_layers": model.n_layers, "prompt_template": model.template,
+        "prompt_template_source": model.prompt_template.source,
         "datasets": args.datasets, "limit": args.limit if args.limit is not None else -1,
-        "seed": args.seed, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed, "batch_size": args.batch_size,
+        "max_new_tokens": json.dumps(caps),
+        "max_new_tokens_source": "--max-new-tokens" if args.max_new_tokens is not None
+        else "each dataset's lmms-eval task (mech.generation)",
+        "generation": json.dumps({n: {**mech.generation.settings(n).as_dict(), "max_new_tokens": caps[n],
+                                      "output": mech.runner.OUTPUT, "stop_strings_applied": False}
+                                  for n in names}),
+        "protocol": args.protocol,
+        "scorers": json.dumps({n: mech.metrics.describe(n, args.protocol) for n in names}),
         "remote": args.remote or "no",
         "command": " ".join(shlex.quote(a) for a in [f"python -m {sys.argv[0]}", *sys.argv[1:]])
         if sys.argv and sys.argv[0] else "",
@@ -215,6 +247,7 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
         stacked["inverse_time"].attrs["timing"] = ",".join(sorted(timings))
         stacked["baseline_score"] = base["score"]
         stacked["baseline_inverse_time"] = base["inverse_time"]
+        stacked["baseline_new_tokens"] = base["new_tokens"]
         runs[name] = stacked.drop_vars("dataset", errors="ignore")
     return summarise(per_dataset(runs), seed)
 
@@ -230,18 +263,22 @@ def summarise(ds: xr.Dataset, seed: int) -> xr.Dataset:
         parts.append(xr.Dataset({
             "accuracy": masked["accuracy"], "accuracy_ci": masked["accuracy_ci"],
             "mean_inverse_time": one["inverse_time"].mean("sample"),
+            "mean_new_tokens": one["new_tokens"].mean("sample"),
             "baseline_accuracy": base["accuracy"], "baseline_accuracy_ci": base["accuracy_ci"],
             "baseline_mean_inverse_time": one["baseline_inverse_time"].mean("sample"),
+            "baseline_mean_new_tokens": one["baseline_new_tokens"].mean("sample"),
         }))
     ds = ds.merge(xr.concat(parts, dim=ds["dataset"]), compat="no_conflicts")
     for var in ds.data_vars:
-        unit = "1/s" if "inverse_time" in var else "tokens" if var == "new_tokens" else \
+        unit = "1/s" if "inverse_time" in var else "tokens" if "new_tokens" in var else \
             "fraction" if ("score" in var or "accuracy" in var) else None
         if unit:
             ds[var].attrs["units"] = unit
     for var in ("accuracy_ci", "baseline_accuracy_ci"):
         ds[var].attrs["long_name"] = "95% percentile bootstrap CI of the mean over samples"
     ds["inverse_time"].attrs["long_name"] = "1/t: inverse seconds in generate per sample"
+    ds["new_tokens"].attrs["long_name"] = ("generated tokens before EOS (at most the cap): tells a slower "
+                                           "run from a longer answer")
     timing = ds["inverse_time"].attrs.get("timing", "")
     ds["inverse_time"].attrs["timing_note"] = (
         "sweep: the runs shared one clean prefill, so a layer's seconds cover only its own "

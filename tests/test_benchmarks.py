@@ -254,3 +254,67 @@ def test_missing_annotation_file_and_bad_source(tmp_path):
         load("gqa", source=tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="neither an existing folder"):
         load("gqa", source=str(tmp_path / "nope" / "x" / "y"))
+
+
+# --- layouts, datasets of your own, easy-vqa ----------------------------------------
+
+def test_spdocvqa_download_layout(tmp_path):
+    root = tmp_path / "spdocvqa"
+    # The current SP-DocVQA download: questions under spdocvqa_qas/, every image flat in
+    # spdocvqa_images/, while the JSON's "image" still says documents/x.png.
+    _dump(root / "spdocvqa_qas" / "val_v1.0_withQT.json", {"dataset_name": "sp-docvqa", "data": [
+        {"questionId": 7 + i, "question": f"what is the total {i}?", "image": f"documents/p{i}.png",
+         "docId": i, "answers": ["$ 10"], "question_types": ["form"]} for i in range(3)]})
+    for i in range(3):
+        _save(root / "spdocvqa_images" / f"p{i}.png", i)
+    samples = load("docvqa", source=root)
+    assert [s.id for s in samples] == ["7", "8", "9"]
+    assert samples[1].image.getpixel((0, 0)) == _img(1).getpixel((0, 0))
+    (root / "spdocvqa_images" / "p2.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"p2\.png"):
+        load("docvqa", source=root)
+
+
+def test_parquet_snapshot_without_its_dataset_card(tmp_path):
+    config, folder, split, make = HUB_ROWS["docvqa"]
+    repo = _hub_repo(tmp_path / "DocVQA", {config: (folder, split, make(2))})
+    (repo / "README.md").unlink()
+    with pytest.raises(FileNotFoundError, match=r"README\.md.*'DocVQA'.*lmms-lab-encoder/DocVQA"):
+        load("docvqa", source=repo)
+
+
+def test_register_a_dataset_of_your_own(tmp_path):
+    import mech
+
+    def loader(limit, seed):
+        items = tiny_items()
+        return items[:limit] if limit else items
+
+    def tiny_items():
+        return [Sample(f"mine-{i}", "mine-test", _img(i), f"what colour is it {i}?", (COLORS[i % 4],))
+                for i in range(5)]
+
+    mech.datasets.register("mine-test", loader, metric="gqa", post_prompt=" Answer:", max_new_tokens=3,
+                           replace=True)
+    samples = load("mine-test", limit=2)
+    assert [s.id for s in samples] == ["mine-0", "mine-1"] and "mine-test" in DATASETS
+    assert question_prompt(samples[0]) == "what colour is it 0? Answer:"
+    assert mech.generation.settings("mine-test").max_new_tokens == 3
+    assert mech.metrics.score("mine-test", "Red.", ["red"], protocol="official") == 1.0
+    with pytest.raises(ValueError, match="already registered"):
+        mech.datasets.register("mine-test", loader, metric="gqa")
+    with pytest.raises(ValueError, match="built-in"):
+        mech.datasets.register("vqav2", loader, metric="gqa")
+    mech.datasets.register("mine-wrong", lambda limit, seed: tiny_items(), metric="gqa", replace=True)
+    with pytest.raises(ValueError, match="must set dataset='mine-wrong'"):
+        load("mine-wrong")
+
+
+def test_easyvqa_from_its_package():
+    pytest.importorskip("easy_vqa", reason="easy-vqa is not installed (pip install easy-vqa)")
+    samples = load("easyvqa", limit=10, seed=3)
+    assert len(samples) == 10 and samples[0].dataset == "easyvqa"
+    assert samples[0].image.size == (64, 64) and len(samples[0].answers) == 1
+    assert [s.id for s in samples] == [s.id for s in load("easyvqa", limit=10, seed=3)]
+    full = load("easyvqa")
+    assert len(full) > 1000 and {s.answers[0] for s in full} >= {"yes", "no", "circle", "red"}

@@ -50,7 +50,7 @@ def reference_predictions(model, samples, batch_size, zero_layer=None):
         with hooks(*handles), torch.no_grad():
             ids = module.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
         texts = processor.tokenizer.batch_decode(ids[:, seq:], skip_special_tokens=True)
-        out += [t.strip().split("\n")[0].strip() for t in texts]
+        out += [t.strip() for t in texts]  # the whole continuation, stripped (lmms-eval)
     return out
 
 
@@ -65,6 +65,8 @@ def test_predictions_match_plain_generate(llava, samples, intervention):
         assert got[batch_size] == reference_predictions(llava, samples, batch_size, zero)
         for record, sample in zip(results.records, samples):
             assert record.score == mech.metrics.score("shapes", record.prediction, sample.answers)
+            assert record.scores == {p: mech.metrics.score("shapes", record.prediction, sample.answers, protocol=p)
+                                     for p in mech.metrics.PROTOCOLS}
             assert 0 <= record.new_tokens <= NEW_TOKENS and record.seconds > 0
             assert record.timing == ("per-sample" if batch_size == 1 else "amortised")
         assert results.meta["timing"] == ("per-sample" if batch_size == 1 else "amortised")

@@ -13,6 +13,15 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+# A processor chat template in the llava-hf style (typed content: images first, then
+# text): one user turn renders "USER: <image>\n{text} ASSISTANT:", LLaVA-1.5's format.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
 # Words of both chat templates (LLaVA-1.5 "USER: <image>\n... ASSISTANT:" and
 # mistral NeXT "[INST] <image>\n... [/INST]"), lower-cased like every other word.
 TEMPLATE_WORDS = ("user", "assistant", ":", "[", "]", "inst", "/", "?", ".", ",", "'")
@@ -55,12 +64,15 @@ def build_processor(
     image_size: int = 32,
     patch_size: int = 8,
     grid_pinpoints: Sequence[Sequence[int]] | None = None,
+    chat_template: str | None = LLAVA_CHAT_TEMPLATE,
 ):
     """A ``LlavaProcessor`` (family ``"llava-1.5"``) or ``LlavaNextProcessor``
     (``"llava-next"``) whose image processor resizes/crops to ``image_size`` and whose
     ``<image>`` expansion matches a CLIP tower with ``patch_size`` patches, a CLS token,
     and ``vision_feature_select_strategy="default"`` (the LLaVA-1.5 setting): one
     ``<image>`` per patch, ``(image_size // patch_size) ** 2`` per image (per tile for NeXT).
+    ``chat_template``: the processor's chat template, as hub processors carry one
+    (default `LLAVA_CHAT_TEMPLATE`; None builds a processor without one).
     """
     tokenizer = build_tokenizer(words)
     common = dict(
@@ -92,4 +104,5 @@ def build_processor(
         patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
+        chat_template=chat_template,
     )
