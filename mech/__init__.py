@@ -14,10 +14,10 @@ from .batch import Batch
 from .interventions import (CaptureImageAttention, ContrastiveMask, Intervention, Knockout,
                             ScaleImage, ZeroImage, apply, default_review_layer)
 from .model import Model, load
-from .runner import Decoder, Record, Results, run, slug, sweep
+from .runner import ContextWarning, Decoder, Record, Results, run, slug, sweep
 from .dola import DoLa
 from .vicrop import ViCrop
-from .store import ChunkWarning
+from .store import ChunkWarning, WriteError
 from .zero_sweep import zero_mask_sweep
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
@@ -27,5 +27,5 @@ remote.ship_by_value(__name__)
 __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "ScaleImage",
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
-           "Results", "ChunkWarning", "remote", "__version__", "Decoder", "DoLa", "ViCrop",
+           "Results", "ChunkWarning", "ContextWarning", "WriteError", "remote", "__version__", "Decoder", "DoLa", "ViCrop",
            "zero_mask_sweep", "generation", "metrics", "prompts", "templates"]

@@ -70,38 +70,56 @@ class Results:
         return [r.score for r in self.records]
 
     @classmethod
-    def load(cls, folder, protocol: str | None = None) -> "Results":
-        """Read a finished run's folder without the model (``computed`` stays empty).
+    def load(cls, folder, protocol: str | None = None, run: str | None = None) -> "Results":
+        """Read a finished run from its folder without the model (``computed`` stays empty).
 
-        ``protocol``: which of each record's ``scores`` becomes ``score`` (default: the
-        protocol the folder's last run used). Raises ValueError if a chunk is missing,
-        unreadable, or from another configuration.
+        A folder can hold several configurations (``run-<id>.json`` manifests); with more
+        than one, ``run`` (a manifest name or its id prefix) says which. ``protocol``:
+        which of each record's ``scores`` becomes ``score`` (default: the protocol of that
+        run). Raises ValueError if a chunk is missing, unreadable, fails its checksum, is
+        from another configuration, or repeats a sample id.
         """
         from . import metrics
 
         folder = Path(folder)
-        meta = json.loads((folder / "run.json").read_text())
+        manifests = sorted(folder.glob("run-*.json"))
+        if run is not None:
+            manifests = [m for m in manifests if m.name == run or m.stem[4:].startswith(run)]
+        if not manifests:
+            raise ValueError(f"{folder}: no run manifest (run-*.json){f' matching {run!r}' if run else ''}; "
+                             "is this a mech.run out= folder?")
+        if len(manifests) > 1:
+            raise ValueError(f"{folder} holds {len(manifests)} configurations: "
+                             + "; ".join(_describe(m) for m in manifests)
+                             + "; pass run= (a manifest name or id prefix) to pick one")
+        meta = json.loads(manifests[0].read_text())
         protocol = metrics.check_protocol(protocol or meta.get("protocol", metrics.DEFAULT_PROTOCOL))
         meta["protocol"] = protocol
         base = {k: v for k, v in meta.pop("fingerprint").items() if k != "samples"}
-        n_chunks = -(-meta["n_samples"] // meta["chunk_size"])
-        records, store = [], st.ChunkStore(folder)
-        for index in range(n_chunks):
+        records, seen, names = [], set(), meta.pop("chunks")
+        for name in names:
+            path = folder / name
             try:
-                data = json.loads(store.path(index).read_text())
+                data = json.loads(path.read_text())
                 fingerprint = dict(data["fingerprint"])
-                fingerprint.pop("samples")
+                ids = fingerprint.pop("samples")["ids"]
+                if data.get("records_sha256") != st.digest(data["records"]):
+                    raise ValueError("records do not match their checksum")
                 chunk = [Record(**r) for r in data["records"]]
             except (OSError, ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{store.path(index)}: missing or unreadable ({error}); "
-                                 f"rerun mech.run with out={str(folder)!r} to finish it") from None
-            if st.dumps(fingerprint) != st.dumps(base):
-                raise ValueError(f"{store.path(index)} is from another configuration than run.json")
+                raise ValueError(f"{path}: missing or unreadable ({error}); rerun mech.run with "
+                                 f"out={str(folder)!r} to finish it") from None
+            if st.dumps(fingerprint) != st.dumps(base) or [r.id for r in chunk] != ids:
+                raise ValueError(f"{path} is from another configuration than {manifests[0].name}")
+            repeated = seen.intersection(ids)
+            if repeated:
+                raise ValueError(f"{path} repeats sample ids of other chunks: {sorted(repeated)[:5]}")
+            seen.update(ids)
             for r in chunk:
                 if r.scores:
                     r.score = r.scores[protocol]
             records += chunk
-        return cls(records, meta, reused=list(range(n_chunks)))
+        return cls(records, meta, reused=list(range(len(names))))
 
     def to_xarray(self):
         """``xarray.Dataset`` with dim ``sample`` (coords: ``sample`` id, ``dataset``).
@@ -143,3 +161,9 @@ class Results:
                  for k, v in self.meta.items() if v is not None}
         coords = {"sample": [r.id for r in recs], "dataset": ("sample", [r.dataset for r in recs])}
         return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _describe(manifest: Path) -> str:
+    meta = json.loads(manifest.read_text())
+    return (f"{manifest.name} ({meta.get('n_samples')} samples, batch_size {meta.get('batch_size')}, "
+            f"max_new_tokens {meta.get('max_new_tokens')}, timing {meta.get('timing')})")

@@ -43,7 +43,7 @@ from . import store as st
 from .interventions import Intervention, apply
 from .results import Record, Results
 
-__all__ = ["run", "sweep", "slug", "Decoder", "Record", "Results"]
+__all__ = ["run", "sweep", "slug", "Decoder", "Record", "Results", "ContextWarning"]
 
 # What a prediction is, recorded in every chunk fingerprint (chunks of the earlier
 # first-line rule are therefore recomputed, not mixed in).
@@ -126,27 +126,60 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
     job = _Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
                chunk_size, extras, remote, decoder=decoder, protocol=protocol)
     bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=job.meta["slug"])
+
+    def compute(chunk, todo):
+        new = []
+        for b in range(0, len(chunk), batch_size):
+            new += _run_batch(model, chunk[b:b + batch_size], job, remote, decoder)
+            bar.update(len(chunk[b:b + batch_size]))
+        return {name: new for name in todo}
+
     try:
-        for index, chunk, fingerprint in job.chunks():
-            if job.reuse(index, chunk, fingerprint):
-                bar.update(len(chunk))
-                continue
-            new = []
-            for b in range(0, len(chunk), batch_size):
-                new += _run_batch(model, chunk[b:b + batch_size], job, remote, decoder)
-                bar.update(len(chunk[b:b + batch_size]))
-            job.save(index, fingerprint, new)
+        _drive({"run": job}, compute, bar)
     finally:
         bar.close()
     return job.result
 
 
+def _drive(jobs: dict, compute: Callable, bar) -> None:
+    """Finish every chunk of ``jobs`` (parallel runs over the same samples): reuse what is
+    stored, compute the rest with ``compute(chunk, todo) -> {name: records}``.
+
+    Chunks another process is computing (its lock is held) are passed over and taken up
+    at the end: by then they are usually finished and only read; if their holder died,
+    the lock is free again and they are computed here.
+    """
+    def finish(index, chunk, fingerprints, wait: bool) -> bool:
+        todo = [name for name, job in jobs.items() if not job.take_stored(index, chunk, fingerprints[name], bar)]
+        if not todo:
+            return True
+        stores = [(jobs[name].store, fingerprints[name]) for name in todo if jobs[name].store is not None]
+        with st.lock_chunks(stores, wait=wait) as held:
+            if not held:
+                return False
+            todo = [name for name in todo if not jobs[name].take_stored(index, chunk, fingerprints[name], bar)]
+            if todo:
+                new = compute(chunk, todo)
+                for name in todo:
+                    jobs[name].save(index, fingerprints[name], new[name])
+        return True
+
+    later = []
+    for parts in zip(*(job.chunks() for job in jobs.values())):
+        index, chunk = parts[0][0], parts[0][1]
+        fingerprints = {name: part[2] for name, part in zip(jobs, parts)}
+        if not finish(index, chunk, fingerprints, wait=False):
+            later.append((index, chunk, fingerprints))
+    for index, chunk, fingerprints in later:
+        finish(index, chunk, fingerprints, wait=True)
+
+
 class _Job:
-    """One run's configuration, fingerprints, chunk store and growing `Results`."""
+    """One run's configuration, fingerprints, chunk store and the records of its chunks."""
 
     def __init__(self, model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
                  chunk_size, extras, remote, timing=None, decoder=None, shared_image_rows=False,
-                 protocol=metrics.DEFAULT_PROTOCOL):
+                 protocol=metrics.DEFAULT_PROTOCOL, model_fingerprint=None):
         interventions = _as_list(intervention)
         _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size, protocol)
         if chunk_size is None:
@@ -159,10 +192,12 @@ class _Job:
         self.store = store = st.ChunkStore(out) if out is not None else None
         self.base = base = {
             "format": st.FORMAT,
-            "model": st.model_fingerprint(model),
+            "model": model_fingerprint or st.model_fingerprint(model),
             "intervention": st.canonical(interventions) if interventions else None,
             "generation": {"max_new_tokens": dict(sorted(self.caps.items())), "do_sample": False,
-                           "batch_size": batch_size, "output": OUTPUT},
+                           "batch_size": batch_size, "output": OUTPUT,
+                           # seconds of a shared sweep are incremental, not standalone
+                           "timing": "sweep" if timing == "sweep" else "standalone"},
             "prompt": {"question_prompt": _name(question_prompt)},
             "extras": keep,
         }
@@ -180,31 +215,39 @@ class _Job:
             "device": str(model.device), "versions": _versions(), "remote": str(remote),
             "image_rows": "shared" if shared_image_rows else "per sample",
         }
+        self._chunks = []
+        for lo in range(0, len(samples), chunk_size):
+            chunk = samples[lo:lo + chunk_size]
+            texts = [model.prompt(question_prompt(s)) for s in chunk]
+            self._chunks.append((chunk, {**base, "samples": {"ids": [s.id for s in chunk],
+                                                             "digest": st.sample_digest(chunk, texts)}}))
         if store is not None:
-            store.write(store.folder / "run.json", {**meta, "fingerprint": {**base, "samples": "per chunk"}})
-        self.result = Results([], meta)
+            store.write_manifest(meta, base, [s.id for s in samples], [f for _, f in self._chunks])
+        self.parts: dict[int, list[Record]] = {}
+        self.computed, self.reused, self.rejected = [], [], {}
 
     def chunks(self):
         """``(index, samples, fingerprint)`` of each chunk."""
-        for index, lo in enumerate(range(0, len(self.samples), self.chunk_size)):
-            chunk = self.samples[lo:lo + self.chunk_size]
-            texts = [self.model.prompt(self.question_prompt(s)) for s in chunk]
-            yield index, chunk, {**self.base, "samples": {"ids": [s.id for s in chunk],
-                                                          "digest": st.sample_digest(chunk, texts)}}
+        for index, (chunk, fingerprint) in enumerate(self._chunks):
+            yield index, chunk, fingerprint
 
-    def reuse(self, index, chunk, fingerprint) -> bool:
-        """Take chunk ``index`` from the store if it is there and matches; its scores are
+    def take_stored(self, index, chunk, fingerprint, bar=None) -> bool:
+        """Take chunk ``index`` from the store if it is there and sound; its scores are
         recomputed from the stored predictions (under every protocol)."""
-        stored, problem = _reuse(self.store, index, fingerprint)
-        if problem:
-            warnings.warn(problem, st.ChunkWarning, stacklevel=3)
-            self.result.rejected[index] = problem
+        if index in self.parts:
+            return True
+        stored, problem = _stored(self.store, fingerprint)
+        if problem and index not in self.rejected:
+            warnings.warn(problem, st.ChunkWarning, stacklevel=4)
+            self.rejected[index] = problem
         if stored is None:
             return False
         for record, sample in zip(stored, chunk):
             record.scores, record.score = _scores(sample, record.prediction, self.protocol)
-        self.result.records += stored
-        self.result.reused.append(index)
+        self.parts[index] = stored
+        self.reused.append(index)
+        if bar is not None:
+            bar.update(len(chunk))
         return True
 
     def batch_cap(self, samples) -> int:
@@ -216,11 +259,16 @@ class _Job:
 
     def save(self, index, fingerprint, new: list[Record]) -> None:
         if self.store is not None:
-            self.store.save(index, fingerprint, [asdict(r) for r in new],
+            self.store.save(fingerprint, [asdict(r) for r in new],
                             {"device": self.meta["device"], "versions": self.meta["versions"],
                              "protocol": self.protocol, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        self.result.records += new
-        self.result.computed.append(index)
+        self.parts[index] = new
+        self.computed.append(index)
+
+    @property
+    def result(self) -> Results:
+        records = [r for index in sorted(self.parts) for r in self.parts[index]]
+        return Results(records, self.meta, sorted(self.computed), sorted(self.reused), dict(self.rejected))
 
 
 def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str = False,
@@ -301,37 +349,35 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
     from .zero_sweep import zero_mask_sweep
 
     layer_of = {name: _zero_layer(iv) for name, iv in named.items()}
+    fingerprint = st.model_fingerprint(model)  # once for all runs: it hashes every weight
     jobs = {name: _Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
                        chunk_size, extras, remote, timing="sweep",
-                       shared_image_rows=shared and layer_of[name] is not None, protocol=protocol)
+                       shared_image_rows=shared and layer_of[name] is not None, protocol=protocol,
+                       model_fingerprint=fingerprint)
             for name, iv in named.items()}
     first = next(iter(jobs.values()))
     bar = tqdm(total=len(samples) * len(jobs), disable=not progress, unit="run-sample",
                desc=f"zero-mask sweep ({len(jobs)} runs{', shared image rows' if shared else ''})")
-    try:
-        chunks = zip(*(job.chunks() for job in jobs.values()))
-        for parts in chunks:
-            index, chunk = parts[0][0], parts[0][1]
-            fingerprints = {name: part[2] for name, part in zip(jobs, parts)}
-            todo = [name for name, job in jobs.items() if not job.reuse(index, chunk, fingerprints[name])]
-            bar.update(len(chunk) * (len(jobs) - len(todo)))
-            if not todo:
-                continue
-            layers = sorted({layer_of[name] for name in todo} - {None})
-            new = {name: [] for name in todo}
-            for b in range(0, len(chunk), batch_size):
-                part = chunk[b:b + batch_size]
-                batch = model.prepare(part, question_prompt=question_prompt)
-                times: dict = {}
-                ids = zero_mask_sweep(model, batch, layers, first.batch_cap(part), baseline=True, times=times,
-                                      share_image_rows=shared)
-                for name in todo:
-                    key = layer_of[name]
-                    new[name] += first.records(part, ids[key][:, batch.seq_len:], times[key], [dict() for _ in part],
-                                               timing="sweep")
-                bar.update(len(part) * len(todo))
+
+    def compute(chunk, todo):
+        layers = sorted({layer_of[name] for name in todo} - {None})
+        new = {name: [] for name in todo}
+        for b in range(0, len(chunk), batch_size):
+            part = chunk[b:b + batch_size]
+            batch = model.prepare(part, question_prompt=question_prompt)
+            _warn_context(model, part, batch, first.batch_cap(part))
+            times: dict = {}
+            ids = zero_mask_sweep(model, batch, layers, first.batch_cap(part), baseline=True, times=times,
+                                  share_image_rows=shared)
             for name in todo:
-                jobs[name].save(index, fingerprints[name], new[name])
+                key = layer_of[name]
+                new[name] += first.records(part, ids[key][:, batch.seq_len:], times[key], [dict() for _ in part],
+                                           timing="sweep")
+            bar.update(len(part) * len(todo))
+        return new
+
+    try:
+        _drive(jobs, compute, bar)
     finally:
         bar.close()
     return {name: job.result for name, job in jobs.items()}
@@ -358,23 +404,41 @@ def slug(intervention) -> str:
     return "+".join(parts)[:80] + "-" + st.digest(st.canonical(interventions))[:8]
 
 
-def _reuse(store, index, fingerprint) -> tuple[list[Record] | None, str | None]:
-    """Chunk ``index``'s records if stored and matching; else None and why, if it exists."""
+def _stored(store, fingerprint) -> tuple[list[Record] | None, str | None]:
+    """A chunk's records if stored and sound; else None and why, if it exists."""
     if store is None:
         return None, None
-    stored, problem = store.load(index, fingerprint)
+    stored, problem = store.load(fingerprint)
     try:
         return (None if stored is None else [Record(**r) for r in stored]), problem
     except TypeError as error:
-        return None, f"{store.path(index)}: corrupt chunk ({error}); recomputing"
+        return None, f"{store.path(fingerprint)}: corrupt chunk ({error}); recomputing"
 
 
 # -- one batch ---------------------------------------------------------------------------
 
 
+class ContextWarning(UserWarning):
+    """A prompt plus its new tokens does not fit the model's context window."""
+
+
+def _warn_context(model, samples, batch, cap: int) -> None:
+    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    if not limit:
+        return
+    lengths = batch.inputs["attention_mask"].sum(-1).tolist()
+    for sample, length in zip(samples, lengths):
+        if length + cap > limit:
+            warnings.warn(f"sample {sample.id} ({sample.dataset}): its prompt is {length} tokens and up to {cap} "
+                          f"new tokens follow, beyond the model's context of {limit} positions; its answer "
+                          "is unreliable (shorten the question or lower --max-new-tokens)", ContextWarning,
+                          stacklevel=4)
+
+
 def _run_batch(model, samples, job, remote=False, decoder=None) -> list[Record]:
     batch = model.prepare(samples, question_prompt=job.question_prompt)
     interventions, cap = job.interventions, job.batch_cap(samples)
+    _warn_context(model, samples, batch, cap)
     results = None
     with torch.no_grad():
         start = time.perf_counter()

@@ -1,36 +1,58 @@
-"""Chunk files of a run: fingerprints, atomic writes, and the checks that make resume safe.
+"""Chunk files of runs: content-addressed, checksummed, locked, written atomically.
 
-A run's output folder holds ``run.json`` (the configuration of the latest run, for
-people) and one ``chunk-NNNNN.json`` per chunk of samples::
+A run's output folder holds one file per chunk of samples, named by its fingerprint::
 
-    {"format": 1,
+    chunk-<first 20 hex of sha256(fingerprint)>.json
+    {"format": 2,
      "fingerprint": {...},          # everything that produced the records, see below
      "fingerprint_sha256": "...",   # of the canonical JSON of "fingerprint"
+     "records_sha256": "...",       # of the canonical JSON of "records"
      "meta": {...},                 # device, versions, time written: never compared
      "records": [{...}, ...]}       # one `Record` per sample, in sample order
 
-A chunk is reused only if it parses, has this format, and its fingerprint equals the
-one the current run computes for the same samples; otherwise it is reported with a
-`ChunkWarning` naming the file and recomputed.
+and one manifest per configuration, ``run-<sha>.json`` (the configuration, the sample
+count and the ordered chunk files), which `mech.Results.load` reads. The fingerprint
+holds the model (config, template and a digest of every weight), the intervention
+with every parameter, the generation settings, the timing mode, the prompt function and
+the chunk's exact sample ids with a digest of their prompts, images and answers; so
+runs of different configurations share a folder without touching each other's chunks,
+and equal chunks of different runs (a larger ``limit``, another study) are one file.
+
+A chunk is reused only if it parses, has this format, its fingerprint equals the one
+the current run computes and its records match their checksum; otherwise a
+`ChunkWarning` names the file and the chunk is recomputed. Writes go to a unique
+temporary file that replaces the target, so a killed or failing writer leaves the old
+file or none; a failed write raises `WriteError` with the path and the reason. A lock
+per chunk (``.locks/``, ``flock``, released if its holder dies) lets several processes
+share one folder's work instead of repeating it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-FORMAT = 1
+FORMAT = 2
+WRITTEN: list[Path] = []  # chunk files this process wrote (what an interrupted run saved)
 
 
 class ChunkWarning(UserWarning):
-    """A chunk file on disk was foreign or unreadable and is being recomputed."""
+    """A chunk file on disk was foreign, unreadable or tampered with and is recomputed."""
+
+
+class WriteError(OSError):
+    """A result file could not be written; nothing partial was left behind."""
 
 
 def canonical(value: Any) -> Any:
@@ -75,19 +97,34 @@ def sample_digest(samples, prompts: list[str]) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model) -> dict:
-    """Identity of the weights and template, cheap enough for a 7B model.
+_SLICE = 1 << 26  # elements copied to the host at a time (bounds extra memory on GPUs)
 
-    ``weights_probe`` hashes the first and last 64 values of the first and last
-    parameters, so two random models built from one config (tests) still differ.
+
+def weights_digest(module: torch.nn.Module) -> str | None:
+    """xxh3-128 over every parameter and buffer: names, dtypes, shapes and all bytes.
+
+    Exact (any changed bit changes it) and cheap: hashing runs at memory speed (see the
+    README's Reliability section for its cost on a 7B-sized model). None when weights are
+    not materialised (meta device, e.g. a model served by NDIF).
     """
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.device.type == "meta":
+            return None
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        flat = tensor.detach().reshape(-1)
+        for lo in range(0, flat.numel(), _SLICE):
+            part = flat[lo:lo + _SLICE].cpu().contiguous()
+            h.update(part.view(torch.uint8).numpy().data if part.numel() else b"")
+    return h.hexdigest()
+
+
+def model_fingerprint(model) -> dict:
+    """Identity of the weights (all of them, see `weights_digest`), config and template."""
     module = model.nn._module
-    params = list(module.parameters())
-    probe = hashlib.sha256()
-    for p in (params[0], params[-1]):
-        if p.device.type != "meta":
-            flat = p.detach().flatten()
-            probe.update(torch.cat([flat[:64], flat[-64:]]).float().cpu().numpy().tobytes())
     config = model.config
     return {
         "source": model.source,
@@ -96,8 +133,8 @@ def model_fingerprint(model) -> dict:
         "name_or_path": getattr(config, "_name_or_path", None),
         "commit": getattr(config, "_commit_hash", None),
         "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest(),
-        "weights_probe": probe.hexdigest(),
-        "dtype": str(params[0].dtype),
+        "weights_xxh3_128": weights_digest(module),
+        "dtype": str(next(module.parameters()).dtype),
         "template": model.template,
         "template_source": model.prompt_template.source,
     }
@@ -112,29 +149,85 @@ def pretty(data: dict) -> str:
     return "{\n" + ",\n".join(items) + "\n}\n"
 
 
+def _readable_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``write(temporary_path)``: a unique temporary file in the same
+    folder, made readable as the umask allows (collaborators can read a shared run), then
+    renamed over ``path``. On any failure the temporary file is removed and a `WriteError`
+    names the path and the reason (e.g. the disk is full)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _write_error(path, error) from None
+    tmp = Path(tmp)
+    try:
+        os.fchmod(fd, _readable_mode())
+        os.close(fd)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, (OSError, RuntimeError)):
+            raise _write_error(path, error) from None
+        raise
+    return path
+
+
+def _write_error(path: Path, error: BaseException) -> WriteError:
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or free == 0
+    hint = "the disk is full: free space there and rerun (finished results are kept)" if full \
+        else "rerun once that is fixed (finished results are kept)"
+    space = f", {free} bytes free" if free is not None else ""
+    code = error.errno if isinstance(error, OSError) and error.errno else errno.EIO
+    return WriteError(code, f"could not write {path}: {reason}{space}; nothing partial was left; {hint}")
+
+
+def write_json(path: Path, data: dict) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(pretty(data))
+            f.flush()
+            os.fsync(f.fileno())
+    return atomic_write(path, write)
+
+
 class ChunkStore:
-    """Reads and writes the chunk files of one output folder."""
+    """Reads, writes and locks the chunk files of one output folder."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise NotADirectoryError(f"out={str(self.folder)!r} exists and is not a folder; "
                                      f"give a folder path for the chunk files")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise _write_error(self.folder / "chunk", error) from None
 
-    def path(self, index: int) -> Path:
-        return self.folder / f"chunk-{index:05d}.json"
+    def path(self, fingerprint: dict) -> Path:
+        return self.folder / f"chunk-{digest(fingerprint)[:20]}.json"
 
-    def load(self, index: int, fingerprint: dict) -> tuple[list[dict] | None, str | None]:
-        """``(records, None)`` if chunk ``index`` exists and matches ``fingerprint``;
+    def load(self, fingerprint: dict) -> tuple[list[dict] | None, str | None]:
+        """``(records, None)`` if the chunk of ``fingerprint`` exists and is sound;
         ``(None, None)`` if it does not exist; ``(None, why)`` if it is corrupt or foreign."""
-        path = self.path(index)
+        path = self.path(fingerprint)
         if not path.exists():
             return None, None
         try:
             data = json.loads(path.read_text())
-            stored = data["fingerprint"]
-            records = data["records"]
+            stored, records = data["fingerprint"], data["records"]
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
             if not isinstance(records, list) or len(records) != len(fingerprint["samples"]["ids"]):
@@ -145,23 +238,48 @@ class ChunkStore:
             keys = sorted(k for k in fingerprint if dumps(stored.get(k)) != dumps(fingerprint[k]))
             keys += sorted(k for k in stored if k not in fingerprint)
             return None, f"{path}: foreign chunk (fingerprint differs in {', '.join(keys)}); recomputing"
+        if data.get("records_sha256") != digest(records):
+            return None, f"{path}: records do not match their checksum (edited or damaged); recomputing"
         return records, None
 
-    def save(self, index: int, fingerprint: dict, records: list[dict], meta: dict) -> Path:
-        data = {"format": FORMAT, "fingerprint": fingerprint,
-                "fingerprint_sha256": digest(fingerprint), "meta": meta, "records": records}
-        return self.write(self.path(index), data)
-
-    def write(self, path: Path, data: dict) -> Path:
-        """Write JSON atomically: a killed writer leaves the old file or none, never half."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(pretty(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def save(self, fingerprint: dict, records: list[dict], meta: dict) -> Path:
+        data = {"format": FORMAT, "fingerprint": fingerprint, "fingerprint_sha256": digest(fingerprint),
+                "records_sha256": digest(records), "meta": meta, "records": records}
+        path = write_json(self.path(fingerprint), data)
+        WRITTEN.append(path)
         return path
+
+    def manifest_path(self, base: dict, ids: list[str]) -> Path:
+        return self.folder / f"run-{digest([base, ids])[:20]}.json"
+
+    def write_manifest(self, meta: dict, base: dict, ids: list[str], chunks: list[dict]) -> Path:
+        """The run's configuration and its ordered chunk files (chunk fingerprints given)."""
+        return write_json(self.manifest_path(base, ids), {
+            **meta, "format": FORMAT, "fingerprint": {**base, "samples": "per chunk"},
+            "chunks": [self.path(f).name for f in chunks]})
+
+
+@contextmanager
+def lock_chunks(chunks: list[tuple[ChunkStore, dict]], wait: bool):
+    """Hold the locks of these ``(store, fingerprint)`` chunks, taken in path order so two
+    holders never deadlock; yields False at once, holding nothing, if ``wait`` is False
+    and another process holds one. Locks live in ``<folder>/.locks`` and are released by
+    the kernel when their holder dies."""
+    paths = sorted({store.folder / ".locks" / f"{store.path(f).stem}.lock" for store, f in chunks})
+    held = []
+    try:
+        for path in paths:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, _readable_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                yield False
+                return
+            held.append(fd)
+        yield True
+    finally:
+        for fd in held:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -89,13 +89,13 @@ def test_runner_decoder_extras_and_fingerprint(llava, tmp_path):
         assert sum(r.extras["premature_counts"]) == len(r.extras["premature_layers"])
     ds = runs["dola"].to_xarray()
     assert ds["extra_premature_counts"].dims == ("sample", "premature_counts_index")
-    # Same decoder: reused; another parameter: a foreign chunk, recomputed with a warning.
+    # Same decoder: reused; another parameter: chunks of its own beside the first ones.
     again = mech.run(llava, samples, decoder=DoLa(), out=tmp_path / "dola", batch_size=2, max_new_tokens=3,
                      progress=False)
     assert again.reused == [0] and [r.prediction for r in again.records] == [r.prediction for r in records]
-    with pytest.warns(mech.ChunkWarning):
-        other = mech.run(llava, samples, decoder=DoLa(relative_top=0.5), out=tmp_path / "dola", batch_size=2,
-                         max_new_tokens=3, progress=False)
-    assert other.computed == [0]
+    other = mech.run(llava, samples, decoder=DoLa(relative_top=0.5), out=tmp_path / "dola", batch_size=2,
+                     max_new_tokens=3, progress=False)
+    assert other.computed == [0] and other.rejected == {}
+    assert len(list((tmp_path / "dola").glob("chunk-*.json"))) == 2
     with pytest.raises(ValueError, match="not both"):
         mech.run(llava, samples, mech.ZeroImage(layer=1), decoder=DoLa(), progress=False)

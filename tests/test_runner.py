@@ -21,6 +21,12 @@ TESTS = Path(__file__).resolve().parent
 NEW_TOKENS = 4
 
 
+def chunk_paths(out: Path) -> list[Path]:
+    """The chunk files of the one run in ``out``, in order (from its manifest)."""
+    (manifest,) = out.glob("run-*.json")
+    return [out / name for name in json.loads(manifest.read_text())["chunks"]]
+
+
 @pytest.fixture(scope="module")
 def llava():
     module, processor = tiny_llava("llava-1.5")
@@ -114,17 +120,18 @@ def test_kill_and_restart_resumes_without_recomputing(llava, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]),
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     command = [sys.executable, str(TESTS / "runner_child.py"), str(out), str(n)]
-    chunks = [out / f"chunk-{i:05d}.json" for i in range(n // SETTINGS["chunk_size"])]
 
     child = subprocess.Popen(command + ["0.3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not chunks[0].exists():
+    while not list(out.glob("run-*.json")) or not chunk_paths(out)[0].exists():
         assert child.poll() is None, child.stderr.read().decode()
         assert time.monotonic() < deadline, "the child wrote no chunk in time"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait(30)
     child.stdout.close(), child.stderr.close()
+    chunks = chunk_paths(out)
+    assert len(chunks) == n // SETTINGS["chunk_size"]
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in chunks if p.exists()}
     assert 1 <= len(before) < len(chunks), f"kill landed outside the run: {sorted(before)}"
 
@@ -132,7 +139,7 @@ def test_kill_and_restart_resumes_without_recomputing(llava, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "ChunkWarning" not in done.stderr
     resumed = json.loads(done.stdout.strip().splitlines()[-1])
-    finished = sorted(int(name[6:11]) for name in before)
+    finished = sorted(i for i, p in enumerate(chunks) if p.name in before)
     assert resumed["reused"] == finished
     assert resumed["computed"] == [i for i in range(len(chunks)) if i not in finished]
     assert {name: (out / name).stat().st_ino for name in before} == {k: v[0] for k, v in before.items()}
@@ -146,11 +153,11 @@ def test_corrupt_and_foreign_chunks_are_recomputed(llava, samples, tmp_path):
     settings = dict(batch_size=1, chunk_size=2, max_new_tokens=NEW_TOKENS, progress=False)
     first = mech.run(llava, samples, mech.ZeroImage(layer=1), out=tmp_path, **settings)
     assert first.computed == [0, 1, 2] and first.reused == []
-    corrupt, foreign = tmp_path / "chunk-00000.json", tmp_path / "chunk-00002.json"
+    corrupt, _, foreign = chunk_paths(tmp_path)
     corrupt.write_text(corrupt.read_text()[:200])  # a truncated write
     other = tmp_path / "other"
     mech.run(llava, samples, mech.ZeroImage(layer=2), out=other, **settings)
-    foreign.write_bytes((other / "chunk-00002.json").read_bytes())
+    foreign.write_bytes(chunk_paths(other)[2].read_bytes())
     with pytest.warns(mech.ChunkWarning) as caught:
         again = mech.run(llava, samples, mech.ZeroImage(layer=1), out=tmp_path, **settings)
     messages = [str(w.message) for w in caught]
@@ -161,13 +168,15 @@ def test_corrupt_and_foreign_chunks_are_recomputed(llava, samples, tmp_path):
     assert json.loads(foreign.read_text())["fingerprint"]["intervention"][0]["params"]["layer"] == 1
 
 
-def test_settings_change_makes_chunks_foreign(llava, samples, tmp_path):
+def test_settings_change_gets_chunks_of_its_own(llava, samples, tmp_path):
     settings = dict(batch_size=3, chunk_size=3, progress=False)
-    mech.run(llava, samples, out=tmp_path, max_new_tokens=2, **settings)
-    with pytest.warns(mech.ChunkWarning, match="generation"):
-        results = mech.run(llava, samples, out=tmp_path, max_new_tokens=3, **settings)
-    assert results.computed == [0, 1]
+    two = mech.run(llava, samples, out=tmp_path, max_new_tokens=2, **settings)
+    three = mech.run(llava, samples, out=tmp_path, max_new_tokens=3, **settings)
+    assert three.computed == [0, 1] and three.rejected == {}
     assert mech.run(llava, samples, out=tmp_path, max_new_tokens=3, **settings).reused == [0, 1]
+    assert mech.run(llava, samples, out=tmp_path, max_new_tokens=2, **settings).reused == [0, 1]
+    assert len(list(tmp_path.glob("chunk-*.json"))) == 4 and len(list(tmp_path.glob("run-*.json"))) == 2
+    assert two.predictions != three.predictions
 
 
 def test_sweep_uses_one_folder_per_intervention(llava, samples, tmp_path):
@@ -177,7 +186,7 @@ def test_sweep_uses_one_folder_per_intervention(llava, samples, tmp_path):
     names = list(results)
     assert names[0] == "baseline" and names[1].startswith("zeroimage-layer1-") and len(set(names)) == 3
     assert names == [mech.slug(iv) for iv in ivs]  # stable across calls
-    assert all((tmp_path / name / "chunk-00000.json").exists() for name in names)
+    assert all(chunk_paths(tmp_path / name)[0].exists() for name in names)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -212,8 +221,9 @@ def test_results_load_reads_a_finished_folder(llava, samples, tmp_path):
     loaded = mech.Results.load(tmp_path)
     assert [asdict(r) for r in loaded.records] == [asdict(r) for r in done.records]
     assert set(loaded.records[0].extras) == {"pre_layer"} and loaded.meta["timing"] == "amortised"
-    (tmp_path / "chunk-00000.json").unlink()
-    with pytest.raises(ValueError, match="chunk-00000.json: missing"):
+    first = chunk_paths(tmp_path)[0]
+    first.unlink()
+    with pytest.raises(ValueError, match=f"{first.name}: missing"):
         mech.Results.load(tmp_path)
 
 

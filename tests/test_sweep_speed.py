@@ -75,16 +75,23 @@ def runner_model(request):
     return mech.load(module, processor=processor)
 
 
-def test_runner_fast_sweep_equals_naive_and_shares_chunks(runner_model, tmp_path):
+def chunk_paths(out):
+    (manifest,) = out.glob("run-*.json")
+    return [out / name for name in json.loads(manifest.read_text())["chunks"]]
+
+
+def test_runner_fast_sweep_equals_naive_with_its_own_timing(runner_model, tmp_path):
     """mech.sweep(fast=True): same predictions, scores, new tokens and chunk fingerprints
-    as naive runs; chunks written by either are reused by the other."""
+    as naive runs but for the timing mode, so sweep seconds are never taken for
+    standalone ones: both kinds of chunks live side by side in one folder."""
     model = runner_model
     samples = tiny_samples(5, sizes=[(40, 50), (30, 90), (64, 40), (50, 50), (90, 30)])
     named = {"baseline": None,
              **{mech.slug(mech.ZeroImage(layer=l)): mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
     options = dict(batch_size=2, chunk_size=2, max_new_tokens=4, progress=False)
-    fast = mech.sweep(model, samples, named, out=tmp_path / "fast", fast=True, **options)
-    slow = mech.sweep(model, samples, named, out=tmp_path / "naive", **options)
+    fast = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
+    fast_files = {name: chunk_paths(tmp_path / name) for name in named}
+    slow = mech.sweep(model, samples, named, out=tmp_path, **options)
     for name in named:
         a, b = fast[name], slow[name]
         assert a.predictions == b.predictions, name
@@ -92,18 +99,21 @@ def test_runner_fast_sweep_equals_naive_and_shares_chunks(runner_model, tmp_path
         assert [r.new_tokens for r in a.records] == [r.new_tokens for r in b.records], name
         assert [r.extras for r in a.records] == [r.extras for r in b.records], name
         assert {r.timing for r in a.records} == {"sweep"} and a.meta["timing"] == "sweep"
-        for index in range(3):
-            chunk = f"chunk-{index:05d}.json"
-            fa = json.loads((tmp_path / "fast" / name / chunk).read_text())["fingerprint"]
-            fb = json.loads((tmp_path / "naive" / name / chunk).read_text())["fingerprint"]
-            assert fa == fb, (name, index)
+        assert b.computed == [0, 1, 2] and b.rejected == {}, name  # standalone times: computed
+        store = mech.store.ChunkStore(tmp_path / name)
+        for path in fast_files[name]:
+            fa = json.loads(path.read_text())["fingerprint"]
+            fb = {**fa, "generation": {**fa["generation"], "timing": "standalone"}}
+            assert fa["generation"]["timing"] == "sweep"
+            assert store.path(fb) != path and store.load(fb)[0] is not None, name
+        assert len(list((tmp_path / name).glob("run-*.json"))) == 2
     assert len({tuple(r.predictions) for r in fast.values()}) > 1  # masking changed something
-    # naive chunks reused by the fast path, fast chunks by the naive runner
-    again = mech.sweep(model, samples, named, out=tmp_path / "naive", fast=True, **options)
+    again = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
     assert all(r.reused == [0, 1, 2] and not r.computed for r in again.values())
     one = mech.slug(mech.ZeroImage(layer=1))
-    back = mech.run(model, samples, mech.ZeroImage(layer=1), out=tmp_path / "fast" / one, **options)
+    back = mech.run(model, samples, mech.ZeroImage(layer=1), out=tmp_path / one, **options)  # standalone
     assert back.reused == [0, 1, 2] and back.predictions == slow[one].predictions
+    assert "sweep" not in {r.timing for r in back.records}
 
 
 def test_runner_fast_sweep_resumes_missing_chunks(runner_model, tmp_path):
@@ -112,7 +122,7 @@ def test_runner_fast_sweep_resumes_missing_chunks(runner_model, tmp_path):
     options = dict(batch_size=2, chunk_size=2, max_new_tokens=3, progress=False)
     named = {"baseline": None, "z0": mech.ZeroImage(layer=0), "z3": mech.ZeroImage(layer=3)}
     full = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
-    (tmp_path / "z3" / "chunk-00001.json").unlink()
+    chunk_paths(tmp_path / "z3")[1].unlink()
     again = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
     assert again["z3"].computed == [1] and again["z3"].reused == [0]
     assert again["baseline"].reused == [0, 1] and not again["baseline"].computed
@@ -233,7 +243,7 @@ def test_runner_shared_sweep_keeps_its_own_chunks(runner_model, tmp_path):
     again = mech.sweep(model, samples, named, out=tmp_path, fast=True, **options)
     assert again["baseline"].reused == [0, 1]  # the clean run is the same arithmetic
     assert again["z1"].computed == [0, 1] and again["z2"].computed == [0, 1]  # bitwise runs redo theirs
-    assert (tmp_path / "z1+shared-rows" / "chunk-00000.json").exists()  # and leave the shared ones be
+    assert chunk_paths(tmp_path / "z1+shared-rows")[0].exists()  # and leave the shared ones be
     assert mech.sweep(model, samples, named, out=tmp_path, fast="shared", **options)["z2"].reused == [0, 1]
     with pytest.raises(ValueError, match="fast='approx'"):
         mech.sweep(model, samples, named, fast="approx", **options)
