@@ -14,6 +14,8 @@ from typing import Iterable
 
 import torch
 
+from .checks import number
+
 STRATEGIES = ("all", "shallow", "deep")
 
 
@@ -101,9 +103,9 @@ def contrastive_weights(scores: torch.Tensor, valid: torch.Tensor, rho: float, l
 
 
 def check_rho_lam(rho: float, lam: float) -> None:
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho={rho} is outside [0, 1]: it is the quantile of contrastive scores "
-                         "below which image tokens are scaled (paper's best: 0.2)")
-    if lam < 0:
-        raise ValueError(f"lam={lam} is negative: it multiplies low-score image tokens and must be "
-                         ">= 0 (0 removes them, 1 leaves them; default 0.1)")
+    """ValueError unless ``rho`` is in [0, 1] and ``lam`` finite and >= 0 (NaN and
+    infinities included)."""
+    number("rho", rho, low=0, high=1, meaning="the quantile of contrastive scores below which image tokens "
+           "are scaled; paper's best 0.2")
+    number("lam", lam, low=0, meaning="it multiplies low-score image tokens: 0 removes them, 1 leaves them; "
+           "default 0.1")

@@ -44,6 +44,7 @@ from typing import Any
 import nnsight
 import torch
 
+from .checks import number
 from .runner import Decoder, _eos_ids
 
 BUCKETS = ("low", "high")
@@ -146,10 +147,11 @@ class DoLa(Decoder):
 
     def validate(self, model) -> None:
         self.candidates(model)
-        if not 0 < self.relative_top <= 1:
-            raise ValueError(f"relative_top={self.relative_top}: must be in (0, 1]")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty={self.repetition_penalty}: must be > 0")
+        number("relative_top", self.relative_top, low=0, high=1, low_open=True,
+               meaning="DoLa's plausibility threshold; 0.1 as in DoLa")
+        if self.repetition_penalty is not None:
+            number("repetition_penalty", self.repetition_penalty, low=0, low_open=True,
+                   meaning="1 turns it off; DoLa recommends 1.2")
 
     def generate(self, model, batch, max_new_tokens, samples=None):
         out = decode(model, batch, self, max_new_tokens)

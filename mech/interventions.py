@@ -34,6 +34,7 @@ import torch
 
 from . import attention as attn
 from . import contrastive as con
+from .checks import number
 from .batch import Batch, scatter_image
 
 SITES = ("input", "attention_inputs", "query_key", "attention_weights", "output")
@@ -152,9 +153,14 @@ class ScaleImage(Intervention):
     def validate(self, model) -> None:
         model.check_layer(self.layer)
         _check_location(self.at)
-        if isinstance(self.weights, torch.Tensor) and self.weights.dim() not in (0, 2):
-            raise ValueError(f"weights must be a scalar or [batch, n_image], got shape "
-                             f"{tuple(self.weights.shape)}")
+        if isinstance(self.weights, torch.Tensor):
+            if self.weights.dim() not in (0, 2):
+                raise ValueError(f"weights must be a scalar or [batch, n_image], got shape "
+                                 f"{tuple(self.weights.shape)}")
+            if not bool(torch.isfinite(self.weights).all()):
+                raise ValueError("weights hold NaN or infinite values: every weight must be a finite number")
+        else:
+            number("weights", self.weights, meaning="the factor on image-token hidden states")
 
     def steps(self, model, batch, result):
         def scale(hidden, _):

@@ -13,14 +13,16 @@ family adapter (decoder layers, prompt template, processor), and ``prepare`` /
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from . import templates
+from . import hub, templates
 from .batch import Batch
 from .templates import IMAGE_TOKEN
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
@@ -40,14 +42,82 @@ FAMILIES = {
 }
 
 
+# config.json's model_type of each supported class
+MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
+
+
+def _supported() -> str:
+    return ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
+
+
 def family_of(module: torch.nn.Module) -> Family:
     name = type(module).__name__
     if name not in FAMILIES:
-        raise ValueError(
-            f"unsupported architecture {name}; mech supports "
-            + ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
-        )
+        raise ValueError(f"unsupported architecture {name}; mech supports {_supported()}")
     return FAMILIES[name]
+
+
+def check_config(config: dict, where: str) -> None:
+    """ValueError unless a config.json describes a supported vision-language model."""
+    architectures = config.get("architectures") or []
+    if any(a in FAMILIES for a in architectures) or config.get("model_type") in MODEL_TYPES:
+        return
+    found = architectures[0] if architectures else "no architecture"
+    raise ValueError(f"unsupported architecture {found} (model_type {config.get('model_type')!r}) in {where}; "
+                     f"mech supports {_supported()}")
+
+
+def _hub_config(name: str, revision: str | None) -> dict:
+    """The config.json of hub model ``name`` (from the cache when the hub is off)."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import errors
+
+    fix = (f"pass a local copy instead: mech.load('/path/to/folder') or --model /path/to/folder (get it where "
+           f"the hub is reachable, e.g. `hf download {name} --local-dir FOLDER`)")
+    if constants.HF_HUB_OFFLINE:
+        cached = try_to_load_from_cache(name, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            raise OSError(f"hub access is off (HF_HUB_OFFLINE=1) and {name} is not in the local cache; {fix}")
+        path = cached
+    else:
+        why = hub.unavailable(name, fix)
+        if why:
+            raise OSError(why)
+        try:
+            path = hf_hub_download(name, "config.json", revision=revision)
+        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError) as error:
+            raise ValueError(f"{name}: not found on the hub, or not accessible without a token "
+                             f"({type(error).__name__}); check the id and revision, set HF_TOKEN, or {fix}") from None
+        except errors.LocalEntryNotFoundError as error:
+            raise OSError(f"{name}: could not download its config.json ({error}); {fix}") from None
+        except errors.RemoteEntryNotFoundError:
+            raise ValueError(f"{name}: the hub repo has no config.json; it is not a transformers model") from None
+        except (OSError, errors.HfHubHTTPError) as error:
+            raise OSError(f"{name}: the Hugging Face hub did not answer ({type(error).__name__}); {fix}") from None
+    return json.loads(Path(path).read_text())
+
+
+def resolve_source(name: str, revision: str | None = None) -> str:
+    """What ``from_pretrained`` gets for ``name`` (a folder or a hub id), after checking,
+    before any weights load, that it exists and holds a supported model."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{name} is a file; give the model folder (the one holding config.json)")
+        config = path / "config.json"
+        if not config.is_file():
+            what = "the folder is empty" if not any(path.iterdir()) else "no config.json in it"
+            raise FileNotFoundError(f"{name}: {what}; a model folder (save_pretrained or a hub snapshot) holds "
+                                    "config.json, the weights and the processor files")
+        check_config(json.loads(config.read_text()), name)
+        return str(path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or name.endswith("/"):
+        raise FileNotFoundError(f"{name}: no such folder; give a model folder or a hub id such as "
+                                "llava-hf/llava-1.5-7b-hf")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise ValueError(f"{name!r} is neither a folder nor a hub id of the form org/name")
+    check_config(_hub_config(name, revision), name)
+    return name
 
 
 class Model:
@@ -257,11 +327,13 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"mech.load takes 'tiny', a path, a hub id or a model, not {type(source).__name__}")
     name = str(source)
-    path = TINY_PATH if name == "tiny" else Path(name)
-    if name == "tiny" and not (path / "config.json").exists():
-        raise FileNotFoundError(f"the embedded tiny model is missing at {path}; retrain it with "
-                                f"`python -m mech.zoo.train` or check out data/ from the repository")
-    target = str(path) if path.exists() else name
+    if name == "tiny":
+        if not (TINY_PATH / "config.json").exists():
+            raise FileNotFoundError(f"the embedded tiny model is missing at {TINY_PATH}; retrain it with "
+                                    f"`python -m mech.zoo.train` or check out data/ from the repository")
+        target = str(TINY_PATH)
+    else:
+        target = resolve_source(name, revision)
     options = dict(kwargs, attn_implementation=attn_implementation)
     if revision is not None:
         options["revision"] = revision

@@ -574,6 +574,7 @@ def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk
         raise ValueError(f"sample ids must be unique (records and chunks are keyed by id); "
                          f"repeated: {dupes}")
     for sample in samples:
+        _check_sample(sample)
         if sample.dataset not in metrics.SCORERS:
             raise ValueError(f"sample {sample.id}: no scorer for dataset {sample.dataset!r}; known: "
                              f"{', '.join(sorted(metrics.SCORERS))} (add one with mech.datasets.register)")
@@ -587,6 +588,21 @@ def _check_args(model, samples, interventions, batch_size, max_new_tokens, chunk
                 raise ValueError(f"{type(iv).__name__}.{f.name} is a tensor of shape "
                                  f"{tuple(value.shape)}, tied to one batch; the runner builds its "
                                  f"own batches, so give a scalar")
+
+
+def _check_sample(sample) -> None:
+    """A clear error for a sample the model or a scorer could not take."""
+    from PIL import Image
+
+    name = getattr(sample, "id", repr(sample))
+    for field, kind in (("id", str), ("dataset", str), ("question", str)):
+        if not isinstance(getattr(sample, field, None), kind):
+            raise TypeError(f"sample {name}: {field} must be a {kind.__name__}, got {getattr(sample, field, None)!r}")
+    if not isinstance(getattr(sample, "image", None), Image.Image):
+        raise TypeError(f"sample {name}: image must be a PIL image, got {type(getattr(sample, 'image', None)).__name__}")
+    answers = getattr(sample, "answers", None)
+    if isinstance(answers, str) or not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers):
+        raise TypeError(f"sample {name}: answers must be a tuple of strings, got {answers!r}")
 
 
 def _check_decoder(model, decoder, interventions, remote) -> None:

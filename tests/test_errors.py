@@ -1,6 +1,7 @@
 """Bad input gets a ValueError that names the problem and the fix."""
 
 import pytest
+import torch
 
 import mech
 from tiny_models import random_images
@@ -26,15 +27,29 @@ def test_layer_out_of_range_names_valid_range(model, batch, intervention):
         intervention.validate(model)
 
 
-@pytest.mark.parametrize("rho", [-0.1, 1.5])
+@pytest.mark.parametrize("rho", [-0.1, 1.5, float("nan"), float("inf")])
 def test_rho_outside_unit_interval(model, rho):
-    with pytest.raises(ValueError, match=r"rho=.* outside \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"rho=.*: must be a finite number in \[0, 1\]"):
         mech.ContrastiveMask(review=3, rho=rho).validate(model)
 
 
-def test_negative_lambda(model):
-    with pytest.raises(ValueError, match="lam=-0.5 is negative"):
-        mech.ContrastiveMask(review=3, lam=-0.5).validate(model)
+@pytest.mark.parametrize("lam", [-0.5, float("nan"), float("inf")])
+def test_lambda_must_be_finite_and_not_negative(model, lam):
+    with pytest.raises(ValueError, match=r"lam=.*: must be a finite number >= 0"):
+        mech.ContrastiveMask(review=3, lam=lam).validate(model)
+
+
+@pytest.mark.parametrize("weights", [float("nan"), float("inf"), torch.tensor([[1.0, float("nan")]])])
+def test_scale_weights_must_be_finite(model, weights):
+    with pytest.raises(ValueError, match="finite"):
+        mech.ScaleImage(layer=1, weights=weights).validate(model)
+
+
+@pytest.mark.parametrize("kwargs", [dict(repetition_penalty=float("nan")), dict(repetition_penalty=0),
+                                    dict(relative_top=float("nan")), dict(relative_top=1.5)])
+def test_dola_parameters_must_be_finite_and_in_range(model, kwargs):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        mech.DoLa(**kwargs).validate(model)
 
 
 def test_empty_candidate_set(model):

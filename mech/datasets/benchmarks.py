@@ -141,6 +141,26 @@ def _field(rec: Any, key: str, path: Path, i: int, rid: Any = None) -> Any:
     return rec[key]
 
 
+def _text(rec: Any, key: str, path: Path, i: int, rid: Any = None) -> str:
+    value = _field(rec, key, path, i, rid)
+    if not isinstance(value, str):
+        where = f"record {i}" + (f" (id {rid})" if rid is not None else "")
+        raise ValueError(f"{path}: {where}: {key!r} must be a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _texts(rec: Any, key: str, path: Path, i: int, rid: Any = None) -> tuple[str, ...]:
+    value = _field(rec, key, path, i, rid)
+    where = f"record {i}" + (f" (id {rid})" if rid is not None else "")
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{path}: {where}: {key!r} must be a list of strings, got {type(value).__name__} "
+                         f"{value!r}" + (" (a single string would be split into characters)"
+                                         if isinstance(value, str) else ""))
+    if not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{path}: {where}: {key!r} must hold only strings, got {value!r}")
+    return tuple(value)
+
+
 def _records_list(data: Any, key: str, path: Path) -> list:
     items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list):
@@ -165,12 +185,21 @@ def _vqa_format(root: Path, qfile: str, afile: str, image_dir: Path | None) -> l
             raise ValueError(f"{apath}: no annotation for question_id {qid} "
                              f"(record {i} of {qpath.name}); are the files from the same split?")
         j, a = anns[qid]
-        answers = tuple(_field(x, "answer", apath, j, qid) for x in _field(a, "answers", apath, j, qid))
+        answers = _answer_records(a, apath, j, qid)
         image_id = int(_field(q, "image_id", qpath, i, qid))
         extras = {k: a[k] for k in ("question_type", "answer_type", "multiple_choice_answer") if k in a}
-        out.append(_Rec(str(qid), _field(q, "question", qpath, i, qid), answers,
+        out.append(_Rec(str(qid), _text(q, "question", qpath, i, qid), answers,
                         imgs / f"COCO_val2014_{image_id:012d}.jpg", {"image_id": image_id, **extras}))
     return out
+
+
+def _answer_records(rec: Any, path: Path, i: int, rid: Any) -> tuple[str, ...]:
+    """The ``answer`` strings of a record's list of annotator answer records."""
+    items = _field(rec, "answers", path, i, rid)
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: record {i} (id {rid}): 'answers' must be a list of answer records, "
+                         f"got {type(items).__name__}")
+    return tuple(_text(x, "answer", path, i, rid) for x in items)
 
 
 def _gqa_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]:
@@ -182,8 +211,8 @@ def _gqa_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]:
     out = []
     for i, (qid, q) in enumerate(data.items()):
         image_id = _field(q, "imageId", path, i, qid)
-        out.append(_Rec(str(qid), _field(q, "question", path, i, qid),
-                        (_field(q, "answer", path, i, qid),), imgs / f"{image_id}.jpg",
+        out.append(_Rec(str(qid), _text(q, "question", path, i, qid),
+                        (_text(q, "answer", path, i, qid),), imgs / f"{image_id}.jpg",
                         {"imageId": image_id, "fullAnswer": q.get("fullAnswer")}))
     return out
 
@@ -207,8 +236,8 @@ def _textvqa_official(root: Path, image_dir: Path | None, ocr: bool = False, **_
         qid = _field(q, "question_id", path, i)
         image_id = str(_field(q, "image_id", path, i, qid))
         extras = {"image_id": image_id, "ocr_tokens": tokens.get(image_id, []), "use_ocr": ocr}
-        out.append(_Rec(str(qid), _field(q, "question", path, i, qid),
-                        tuple(_field(q, "answers", path, i, qid)), imgs / f"{image_id}.jpg", extras))
+        out.append(_Rec(str(qid), _text(q, "question", path, i, qid),
+                        _texts(q, "answers", path, i, qid), imgs / f"{image_id}.jpg", extras))
     return out
 
 
@@ -221,9 +250,9 @@ def _vizwiz_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]
     out = []
     for i, q in enumerate(data):
         image = _field(q, "image", path, i)
-        answers = tuple(_field(a, "answer", path, i, image) for a in _field(q, "answers", path, i, image))
+        answers = _answer_records(q, path, i, image)
         extras = {k: q[k] for k in ("answer_type", "answerable") if k in q}
-        out.append(_Rec(Path(image).stem, _field(q, "question", path, i, image), answers,
+        out.append(_Rec(Path(image).stem, _text(q, "question", path, i, image), answers,
                         imgs / image, extras))
     return out
 
@@ -247,9 +276,8 @@ def _docvqa_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]
     for i, q in enumerate(_records_list(_read_json(path), "data", path)):
         qid = _field(q, "questionId", path, i)
         extras = {k: q[k] for k in ("docId", "question_types", "ucsf_document_id") if k in q}
-        out.append(_Rec(str(qid), _field(q, "question", path, i, qid),
-                        tuple(_field(q, "answers", path, i, qid)),
-                        image(_field(q, "image", path, i, qid)), extras))
+        out.append(_Rec(str(qid), _text(q, "question", path, i, qid), _texts(q, "answers", path, i, qid),
+                        image(_text(q, "image", path, i, qid)), extras))
     return out
 
 
@@ -303,6 +331,27 @@ def _open_hf(where: str | Path, kind: str, config: str | None, split: str,
                                  cache_dir=cache_dir)
 
 
+def _open_hub_checked(name, where, kind, config, split, revision, cache_dir):
+    """`_open_hf`, with one clear sentence (and the fix) when the hub cannot serve it."""
+    from .. import hub
+
+    if kind != "hub":
+        return _open_hf(where, kind, config, split, revision, cache_dir)
+    fix = (f"use a local copy: load({name!r}, source=FOLDER) or --source {name}=FOLDER (the official files, "
+           "a save_to_disk folder or a hub snapshot)")
+    why = hub.unavailable(f"{name} ({where})", fix)
+    if why:
+        raise ConnectionError(why)
+    try:
+        return _open_hf(where, kind, config, split, revision, cache_dir)
+    except (ConnectionError, FileNotFoundError) as error:
+        if hub.offline():
+            raise ConnectionError(f"{name} ({where}): hub access is off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and "
+                                  f"it is not in the datasets cache; {fix}") from None
+        raise ConnectionError(f"{name} ({where}): could not be downloaded ({type(error).__name__}: {error}); "
+                              f"{fix}") from None
+
+
 def _hf_records(name: str, ds, indices: Sequence[int], label: str,
                 images: Callable[[dict], Any]) -> list[_Rec]:
     needed, convert = _HF_ROWS[name]
@@ -316,8 +365,11 @@ def _hf_records(name: str, ds, indices: Sequence[int], label: str,
     out = []
     for i, r in zip(indices, rows):
         rid, question, answers, extras = convert(r)
-        if question is None or answers is None:
-            raise ValueError(f"{label}: row {i} (id {rid}) is malformed: null question/answers")
+        if not isinstance(question, str):
+            raise ValueError(f"{label}: row {i} (id {rid}): the question must be a string, got {question!r}")
+        if isinstance(answers, str) or not isinstance(answers, (list, tuple)) \
+                or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"{label}: row {i} (id {rid}): answers must be a list of strings, got {answers!r}")
         out.append(_Rec(str(rid), question, tuple(answers), images({"index": i, **r}), extras))
     return out
 
@@ -344,11 +396,16 @@ def _hf_image_getter(name: str, ds, where, kind, rev, cache_dir, label):
 # --- entry point ----------------------------------------------------------------------
 
 def _pick(n: int, limit: int | None, seed: int) -> list[int]:
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    if limit is None or limit >= n:
+    """All indices in order (no ``limit``), else the first ``limit`` of a seeded shuffle:
+    the subset of a larger limit starts with the smaller one, in the same order, so its
+    chunks (cut in this order) are the smaller run's and are reused."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be an integer >= 0, got {limit!r}")
+    if limit is None:
         return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), limit))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order[:limit]
 
 
 def _info(name: str) -> BenchmarkInfo:
@@ -396,7 +453,8 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
     ``revision=``); a folder written by ``save_to_disk`` or holding the Hub repo's
     parquet layout; or a folder with the benchmark's official files
     (``DATASETS[name].official``; ``image_dir`` overrides where images are looked up).
-    ``limit``: keep a seeded random subset of that size (dataset order preserved).
+    ``limit``: a seeded random subset of that size, in a seeded order in which a larger
+    limit extends a smaller one (so a larger run reuses the smaller one's chunks).
     ``ocr``: TextVQA only, mark samples for LLaVA's "Reference OCR token:" prompt.
     ``split``: only the evaluated split of each benchmark is supported.
 
@@ -432,7 +490,7 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
         recs = _OFFICIAL[name](Path(where), Path(image_dir) if image_dir else None, ocr=ocr)
         recs = [recs[i] for i in _pick(len(recs), limit, seed)]
     else:
-        ds = _open_hf(where, kind, info.hf_config, info.hf_split, rev, cache_dir)
+        ds = _open_hub_checked(name, where, kind, info.hf_config, info.hf_split, rev, cache_dir)
         label = f"{where}" + (f" [{info.hf_config}]" if info.hf_config else "")
         images = _hf_image_getter(name, ds, where, kind, rev, cache_dir, label)
         recs = _hf_records(name, ds, _pick(len(ds), limit, seed), label, images)
