@@ -36,14 +36,49 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vicrop-crop-size", type=int, default=None,
                         help="ViCrop crop side at ratio 1, in original pixels (default: the vision tower's "
                              "input size, as ViCrop; images no larger than that are kept whole)")
+    common.add_check(parser, check_options)
+    common.add_check(parser, check_decoders, needs_model=True)
+
+
+def dola_layers(args):
+    if args.dola_layers in ("low", "high"):
+        return args.dola_layers
+    try:
+        return tuple(int(x) for x in args.dola_layers.split(","))
+    except ValueError:
+        raise common.UsageError(f"--dola-layers {args.dola_layers}: use high, low or comma-separated hidden-state "
+                                "indices (0 = embeddings), e.g. 16,18,20") from None
+
+
+def check_options(args) -> None:
+    if args.remote:
+        raise common.UsageError("--remote: DoLa and ViCrop run their own decoding loops locally; drop --remote")
+    dola_layers(args)
+    common.number_option("--repetition-penalty", args.repetition_penalty, low=0, low_open=True,
+                         meaning="1 turns it off; DoLa recommends 1.2")
+    if args.vicrop_crop_size is not None and args.vicrop_crop_size < 1:
+        raise common.UsageError(f"--vicrop-crop-size {args.vicrop_crop_size}: give a positive number of pixels")
+
+
+def check_decoders(args, model) -> None:
+    import mech
+
+    for option, make in (("--dola-layers", lambda: mech.DoLa(layers=dola_layers(args),
+                                                             repetition_penalty=args.repetition_penalty)),
+                         ("--vicrop-layer", lambda: mech.ViCrop(layer=args.vicrop_layer,
+                                                                crop_size=args.vicrop_crop_size))):
+        try:
+            make().validate(model)
+        except ValueError as error:
+            value = getattr(args, option[2:].replace("-", "_"))
+            raise common.UsageError(f"{option} {value}: {error}") from None
 
 
 def systems(args, model, chosen) -> dict:
     """``{system: Decoder or intervention}`` for the three methods."""
     import mech
 
-    layers = args.dola_layers if args.dola_layers in ("low", "high") else \
-        tuple(int(x) for x in args.dola_layers.split(","))
+    layers = dola_layers(args)
     below = [layer for layer in chosen.fusion if layer < chosen.post]
     return {
         "dola": mech.DoLa(layers=layers, repetition_penalty=args.repetition_penalty),
@@ -100,11 +135,9 @@ def main(argv=None) -> xr.Dataset:
 
     parser = common.parser("baselines", __doc__)
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     model, samples, chosen = setup(args)
     options = common.run_options(args)
-    if args.remote:
-        raise SystemExit("--remote: DoLa and ViCrop run their own decoding loops locally; drop --remote")
     named = systems(args, model, chosen)
     print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}; "
           f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}")
@@ -126,4 +159,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -36,8 +36,12 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), e.g. one that calls mech.datasets.register "
                         "for a dataset of your own")
+    p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
+                   help="read dataset NAME from PATH (its official files, a save_to_disk folder or a hub "
+                        "snapshot) instead of the hub; repeatable")
     p.add_argument("--limit", type=int, default=200,
-                   help="samples per dataset, a seeded subsample (default: 200)")
+                   help="samples per dataset, a seeded subsample; a larger limit extends a smaller one, so "
+                        "its finished chunks are reused (default: 200)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="samples per generate call; 1 gives exact per-sample 1/t (default: 16)")
     p.add_argument("--max-new-tokens", type=int, default=None,
@@ -55,21 +59,127 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="run through nnsight's remote path: bare --remote sends every trace to NDIF "
                         "(NDIF_HOST / NDIF_API_KEY from nnsight's config; the model is loaded on the "
                         "meta device here); --remote local is nnsight's serialisation dry run")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="samples per chunk file, a multiple of --batch-size: a killed run loses at most one "
+                        "chunk's work (default: the smallest multiple of the batch size >= 64)")
     p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
 
+class UsageError(Exception):
+    """Bad input: the CLI prints it as one line and exits with code 2, before model work."""
+
+
+CURRENT: dict[str, Any] = {}  # the running study's name and args, for the interruption message
+
+
+def parse(parser: argparse.ArgumentParser, argv=None):
+    """Parse ``argv`` (default: the command line) and remember it for the provenance."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.study = parser.prog.rsplit(".", 1)[-1]
+    CURRENT.update(study=args.study, args=args)
+    return args
+
+
+def cli(main) -> None:
+    """Run a study's ``main`` as a command: bad input is one line and exit code 2, a write
+    that fails (e.g. a full disk) one line and exit 1, Ctrl-C or SIGTERM one line saying
+    what was saved and how to resume (exit 130). Anything else is a bug: its traceback stays."""
+    import signal
+
+    import mech
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    prog = f"python -m {sys.modules[main.__module__].__spec__.name}"
+    try:
+        main()
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except mech.WriteError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        args = CURRENT.get("args")
+        out = getattr(args, "out", DEFAULT_OUT)
+        saved = len(mech.store.WRITTEN)
+        command = f"{prog} {shlex.join(getattr(args, 'argv', []))}".strip()
+        print(f"\n{prog}: interrupted; {saved} chunk file{'s' * (saved != 1)} finished and saved under {out} in "
+              f"this run (and every earlier one is kept). Resume with the same command ({command}): finished "
+              "chunks are reused, nothing they hold is recomputed.", file=sys.stderr)
+        sys.exit(130)
+
+
+def _positive(args, option: str, value, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{option} {value}: must be an integer >= 1")
+
+
+def number_option(option: str, text, **bounds) -> float:
+    """A numeric option, finite and in range (see `mech.checks.number`), or a UsageError."""
+    from mech.checks import number
+
+    try:
+        return number(option, text, **bounds)
+    except ValueError as error:
+        raise UsageError(str(error).replace(f"{option}=", f"{option} ", 1)) from None
+
+
+def layer_list(option: str, text: str) -> tuple[int, ...]:
+    """``"2,4,8"`` -> ``(2, 4, 8)``, or a UsageError naming the option."""
+    try:
+        layers = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{option} {text}: give comma-separated decoder layer numbers, e.g. 2,4,8") from None
+    if not layers:
+        raise UsageError(f"{option} {text!r}: give at least one layer, e.g. 2,4,8")
+    return layers
+
+
+def add_check(parser: argparse.ArgumentParser, check, *, needs_model: bool = False) -> None:
+    """Run ``check(args)`` (or ``check(args, model)``) with the common checks, before any
+    sample is loaded or generated; it raises `UsageError`."""
+    key = "model_checks" if needs_model else "checks"
+    parser.set_defaults(**{key: [*(parser.get_default(key) or []), check]})
+
+
 def check_args(args) -> None:
+    """Every option that needs no model, each failing with one line naming it."""
     if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"--limit {args.limit}: give at least 1 sample per dataset")
-    if args.batch_size < 1:
-        raise SystemExit(f"--batch-size {args.batch_size}: must be at least 1")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise SystemExit(f"--max-new-tokens {args.max_new_tokens}: must be at least 1")
+        raise UsageError(f"--limit {args.limit}: give at least 1 sample per dataset")
+    _positive(args, "--batch-size", args.batch_size)
+    _positive(args, "--max-new-tokens", args.max_new_tokens, allow_none=True)
+    _positive(args, "--chunk-size", args.chunk_size, allow_none=True)
+    if args.chunk_size is not None and args.chunk_size % args.batch_size:
+        raise UsageError(f"--chunk-size {args.chunk_size}: must be a multiple of --batch-size {args.batch_size} "
+                         "(batches never straddle chunks)")
     if args.out.exists() and not args.out.is_dir():
-        raise SystemExit(f"--out {args.out} is a file; give a folder")
-    dataset_names(args)
+        raise UsageError(f"--out {args.out} is a file; give a folder")
+    names = dataset_names(args)
+    sources(args, names)
+    for check in getattr(args, "checks", None) or []:
+        check(args)
+
+
+def check_model_args(args, model) -> None:
+    """The options that need the model (layer numbers, ...), before any sample is run."""
+    for check in getattr(args, "model_checks", None) or []:
+        check(args, model)
+
+
+def layer_option(model, option: str, value) -> int:
+    try:
+        return model.check_layer(value, option)
+    except ValueError as error:
+        raise UsageError(str(error).replace(f"{option} {value!r} is", f"{option} {value}:", 1)) from None
 
 
 def import_modules(args) -> None:
@@ -79,7 +189,7 @@ def import_modules(args) -> None:
         try:
             importlib.import_module(name)
         except ImportError as error:
-            raise SystemExit(f"--import {name}: cannot import it ({error}); give an importable module name "
+            raise UsageError(f"--import {name}: cannot import it ({error}); give an importable module name "
                              "(its folder on PYTHONPATH)") from None
 
 
@@ -89,34 +199,72 @@ def dataset_names(args) -> list[str]:
     import_modules(args)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     if not names:
-        raise SystemExit("--datasets is empty; e.g. --datasets shapes")
+        raise UsageError("--datasets is empty; e.g. --datasets shapes")
     unknown = [n for n in names if n not in mech.datasets.DATASETS]
     if unknown:
-        raise SystemExit(f"unknown dataset(s) {unknown}; known: {sorted(mech.datasets.DATASETS)}")
+        raise UsageError(f"--datasets {','.join(unknown)}: unknown; known: {', '.join(sorted(mech.datasets.DATASETS))}")
     return names
+
+
+def sources(args, names=None) -> dict[str, str]:
+    """``--source NAME=PATH`` as ``{name: path}`` (each name one of ``--datasets``)."""
+    names = dataset_names(args) if names is None else names
+    out = {}
+    for item in getattr(args, "source", None) or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--source {item}: give NAME=PATH, e.g. --source vqav2=/data/vqav2")
+        if name not in names:
+            raise UsageError(f"--source {item}: {name} is not among --datasets ({', '.join(names)})")
+        if not Path(path).expanduser().exists() and path.count("/") != 1:
+            raise UsageError(f"--source {item}: {path} does not exist")
+        out[name] = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
+    return out
 
 
 def load_model(args):
     import mech
 
-    if args.remote == "ndif":
-        from mech.remote import require_served
+    try:
+        if args.remote == "ndif":
+            from mech.remote import require_served
 
-        require_served(args.model, args.revision)
-    return mech.load(args.model, revision=args.revision, dispatch=args.remote != "ndif")
+            require_served(args.model, args.revision)
+        return mech.load(args.model, revision=args.revision, dispatch=args.remote != "ndif")
+    except (ValueError, OSError, ImportError) as error:
+        raise UsageError(f"--model {args.model}: {error}") from None
 
 
 def load_samples(args) -> dict[str, list]:
-    """``{dataset: samples}`` for ``--datasets`` with ``--limit`` and ``--seed``."""
+    """``{dataset: samples}`` for ``--datasets`` with ``--limit``, ``--seed`` and ``--source``."""
     import mech
 
-    return {n: list(mech.datasets.load(n, limit=args.limit, seed=args.seed)) for n in dataset_names(args)}
+    given = sources(args)
+    out = {}
+    for name in dataset_names(args):
+        options = {"source": given[name]} if name in given else {}
+        try:
+            out[name] = list(mech.datasets.load(name, limit=args.limit, seed=args.seed, **options))
+        except (ValueError, TypeError, OSError, ImportError) as error:
+            raise UsageError(f"--datasets {name}: {error}") from None
+        if not out[name]:
+            raise UsageError(f"--datasets {name}: no samples (is the source empty?)")
+    return out
+
+
+def start(args):
+    """Check every option, load the model, check the options that need it, load the
+    samples: all before the first generation. ``(model, samples)``."""
+    check_args(args)
+    model = load_model(args)
+    check_model_args(args, model)
+    return model, load_samples(args)
 
 
 def run_options(args) -> dict[str, Any]:
     """Keyword options every study passes to `mech.run` / `mech.sweep`."""
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, protocol=args.protocol,
-                   progress=not args.no_progress)
+                   chunk_size=args.chunk_size, progress=not args.no_progress)
     if args.remote:
         options["remote"] = True if args.remote == "ndif" else "local"
     return options
@@ -147,8 +295,7 @@ def provenance(args, model, **extra) -> dict[str, Any]:
         "protocol": args.protocol,
         "scorers": json.dumps({n: mech.metrics.describe(n, args.protocol) for n in names}),
         "remote": args.remote or "no",
-        "command": " ".join(shlex.quote(a) for a in [f"python -m {sys.argv[0]}", *sys.argv[1:]])
-        if sys.argv and sys.argv[0] else "",
+        "command": f"python -m studies.{getattr(args, 'study', '?')} {shlex.join(getattr(args, 'argv', []))}".strip(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": json.dumps({"mech": getattr(mech, "__version__", "0.1.0"), "torch": torch.__version__,
                                 "transformers": transformers.__version__,
@@ -161,23 +308,23 @@ def provenance(args, model, **extra) -> dict[str, Any]:
 
 
 def write_dataset(ds: xr.Dataset, out: Path, name: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.nc"
-    tmp = path.with_suffix(".nc.tmp")
-    ds.to_netcdf(tmp, engine="netcdf4")
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written file
-    return path
+    """``<out>/<name>.nc``, written atomically (unique temporary file; see
+    `mech.store.atomic_write`): a killed or failing write leaves the old file or none."""
+    from mech.store import atomic_write
+
+    return atomic_write(out / f"{name}.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def write_figure(fig, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
     import matplotlib.pyplot as plt
+    from mech.store import atomic_write
 
-    plt.close(fig)
-    return paths
+    try:
+        return [atomic_write(out / f"{name}.{kind}", lambda tmp, kind=kind: fig.savefig(
+            tmp, format=kind, bbox_inches="tight", **({"dpi": 150} if kind == "png" else {})))
+            for kind in ("png", "pdf")]
+    finally:
+        plt.close(fig)
 
 
 def finish(ds: xr.Dataset, args, model, study: str, figure, **attrs) -> xr.Dataset:

@@ -63,10 +63,9 @@ def check(ds: xr.Dataset, post_layer=None, seed: int = 0):
 def main(argv=None) -> xr.Dataset:
     parser = common.parser("hellinger_profile", __doc__)
     parser.add_argument("--heads", default="mean", choices=["mean", "max"], help="head reduction (default: mean)")
-    args = parser.parse_args(argv)
-    common.check_args(args)
-    model = common.load_model(args)
-    ds = profile(model, common.load_samples(args), out=args.out, heads=args.heads, **common.run_options(args))
+    args = common.parse(parser, argv)
+    model, samples = common.start(args)
+    ds = profile(model, samples, out=args.out, heads=args.heads, **common.run_options(args))
     found = check(ds, seed=args.seed)
     from mech import plots
 
@@ -77,4 +76,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -35,6 +35,12 @@ def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, f
     return ds
 
 
+def check_sweep(args) -> None:
+    if args.naive_sweep and args.share_image_rows:
+        raise common.UsageError("--naive-sweep and --share-image-rows exclude each other: pick one way to run "
+                                "the sweep")
+
+
 def main(argv=None) -> xr.Dataset:
     p = common.parser("layer_masking", __doc__)
     p.add_argument("--naive-sweep", action="store_true",
@@ -45,12 +51,9 @@ def main(argv=None) -> xr.Dataset:
                         "once per sample: about half the work again; predictions equal to the naive "
                         "runs', scores up to floating-point summation order (not bitwise); kept in "
                         "chunks of their own")
-    args = p.parse_args(argv)
-    common.check_args(args)
-    if args.naive_sweep and args.share_image_rows:
-        raise SystemExit("--naive-sweep and --share-image-rows exclude each other: pick one way to run the sweep")
-    model = common.load_model(args)
-    samples = common.load_samples(args)
+    common.add_check(p, check_sweep)
+    args = common.parse(p, argv)
+    model, samples = common.start(args)
     fast = False if args.naive_sweep else "shared" if args.share_image_rows else True
     ds = sweep(model, samples, out=args.out, seed=args.seed, fast=fast,
                **common.run_options(args))
@@ -66,4 +69,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

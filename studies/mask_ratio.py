@@ -26,15 +26,26 @@ def sweep(model, samples_by_dataset: dict, chosen, *, out, ratios, lam: float, c
     return ds
 
 
+def ratios(args) -> list[float]:
+    """--ratios as numbers in [0, 1], or a UsageError naming the bad one."""
+    items = [r.strip() for r in args.ratios.split(",") if r.strip()]
+    if not items:
+        raise common.UsageError(f"--ratios {args.ratios!r}: give comma-separated mask ratios in [0, 1]")
+    values = [common.number_option("--ratios", r, low=0, high=1, meaning="mask ratios") for r in items]
+    if len(set(values)) != len(values):
+        raise common.UsageError(f"--ratios {args.ratios}: a ratio is given twice")
+    return values
+
+
 def main(argv=None) -> xr.Dataset:
     parser = common.parser("mask_ratio", __doc__)
     add_contrastive_arguments(parser)
     parser.add_argument("--ratios", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
                         help="comma-separated mask ratios in [0, 1]")
-    args = parser.parse_args(argv)
-    ratios = [float(r) for r in args.ratios.split(",")]
+    common.add_check(parser, ratios)
+    args = common.parse(parser, argv)
     model, samples, chosen = setup(args)
-    ds = sweep(model, samples, chosen, out=args.out, ratios=ratios, lam=args.lam, seed=args.seed,
+    ds = sweep(model, samples, chosen, out=args.out, ratios=ratios(args), lam=args.lam, seed=args.seed,
                **common.run_options(args))
     from mech import plots
 
@@ -44,4 +55,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

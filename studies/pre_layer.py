@@ -42,7 +42,7 @@ def histogram(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: 
 def main(argv=None) -> xr.Dataset:
     parser = common.parser("pre_layer", __doc__)
     add_contrastive_arguments(parser)
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     model, samples, chosen = setup(args)
     ds = histogram(model, samples, chosen, out=args.out, rho=args.rho, lam=args.lam, seed=args.seed,
                    **common.run_options(args))
@@ -54,4 +54,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -45,6 +45,11 @@ def format_table(table: xr.Dataset) -> str:
     return "\n".join(lines)
 
 
+def check_candidates(args) -> None:
+    if args.candidates not in ("fusion", "all", "shallow", "deep"):
+        raise common.UsageError(f"--candidates {args.candidates}: use fusion, all, shallow or deep")
+
+
 def main(argv=None) -> xr.Dataset:
     import mech
     from mech import plots
@@ -55,10 +60,9 @@ def main(argv=None) -> xr.Dataset:
                         help="candidate set for the pre-integrated layer: fusion (the discovered set S; "
                              "'all' when S has no layer below the post layer), all, shallow or deep "
                              "(default: fusion)")
-    args = parser.parse_args(argv)
-    common.check_args(args)
-    model = common.load_model(args)
-    samples = common.load_samples(args)
+    common.add_check(parser, check_candidates)
+    args = common.parse(parser, argv)
+    model, samples = common.start(args)
     options = common.run_options(args)
     print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}")
 
@@ -81,6 +85,9 @@ def main(argv=None) -> xr.Dataset:
     if candidates == "fusion":
         below = [l for l in chosen.fusion if l < chosen.post]
         candidates = below if below else "all"
+        if not below:
+            print(f"    the fusion set {list(chosen.fusion)} has no layer below the post-integrated layer "
+                  f"{chosen.post}: using all layers below it as candidates")
     print(f"4/4 baseline vs contrastive attention (candidates {candidates}, rho {args.rho}, lambda {args.lam})")
     intervention = mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=candidates,
                                         rho=args.rho, lam=args.lam)
@@ -96,4 +103,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

@@ -22,6 +22,13 @@ def add_contrastive_arguments(parser) -> None:
                         "below which image tokens are scaled (default: 0.2, the paper's best)")
     parser.add_argument("--lam", type=float, default=0.1, help="scale for low-score image tokens "
                         "(default: 0.1; the paper does not publish it)")
+    common.add_check(parser, check_rho_lam)
+
+
+def check_rho_lam(args) -> None:
+    common.number_option("--rho", args.rho, low=0, high=1,
+                         meaning="the quantile of contrastive scores below which tokens are scaled")
+    common.number_option("--lam", args.lam, low=0, meaning="0 removes low-score tokens, 1 leaves them")
 
 
 def candidate_sets(model, chosen: layer_choice.Layers) -> dict:
@@ -43,19 +50,24 @@ def evaluate(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: f
     import mech
 
     sets = candidate_sets(model, chosen)
+    if "fusion" not in sets:
+        print(f"    fusion strategy left out: the fusion set {list(chosen.fusion)} has no layer below the "
+              f"post-integrated layer {chosen.post}")
     named = {name: mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=layers,
                                         rho=rho, lam=lam) for name, layers in sets.items()}
     ds = common.compare(model, samples_by_dataset, named, "strategy", out=out, seed=seed, **run_options)
     ds["strategy"].attrs["long_name"] = "candidate set for the pre-integrated layer"
     ds.attrs["candidate_sets"] = common.json.dumps(sets)
+    ds.attrs["strategies_left_out"] = common.json.dumps(
+        {name: "no layer below the post-integrated layer" for name in ("all", "shallow", "deep", "fusion")
+         if name not in sets})
     return ds
 
 
 def setup(args):
-    """Model, samples and layers for a contrastive study (discovering layers if needed)."""
-    common.check_args(args)
-    model = common.load_model(args)
-    samples = common.load_samples(args)
+    """Model, samples and layers for a contrastive study (discovering layers if needed);
+    every option is checked before the first generation."""
+    model, samples = common.start(args)
     masking = None
     if args.review is None or args.fusion is None:
         masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **common.run_options(args))
@@ -65,7 +77,7 @@ def setup(args):
 def main(argv=None) -> xr.Dataset:
     parser = common.parser("strategies", __doc__)
     add_contrastive_arguments(parser)
-    args = parser.parse_args(argv)
+    args = common.parse(parser, argv)
     model, samples, chosen = setup(args)
     ds = evaluate(model, samples, chosen, out=args.out, rho=args.rho, lam=args.lam, seed=args.seed,
                   **common.run_options(args))
@@ -80,4 +92,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli(main)

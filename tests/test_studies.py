@@ -114,14 +114,14 @@ def test_discovered_layers_or_an_honest_fallback():
 
 
 def test_cli_rejects_bad_options(tmp_path):
-    with pytest.raises(SystemExit, match="--batch-size 0"):
+    with pytest.raises(common.UsageError, match="--batch-size 0"):
         layer_masking.main(["--batch-size", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="exclude each other"):
+    with pytest.raises(common.UsageError, match="exclude each other"):
         layer_masking.main(["--naive-sweep", "--share-image-rows", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="unknown dataset"):
+    with pytest.raises(common.UsageError, match="--datasets nope: unknown"):
         hellinger_profile.main(["--datasets", "shapes,nope", "--out", str(tmp_path)])
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit, match="is a file"):
+    with pytest.raises(common.UsageError, match="is a file"):
         review_layer.main(["--out", str(tmp_path / "file")])
 
 
