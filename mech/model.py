@@ -62,9 +62,8 @@ def check_config(config: dict, where: str) -> None:
     architectures = config.get("architectures") or []
     if any(a in FAMILIES for a in architectures) or config.get("model_type") in MODEL_TYPES:
         return
-    found = architectures[0] if architectures else "no architecture"
-    raise ValueError(f"unsupported architecture {found} (model_type {config.get('model_type')!r}) in {where}; "
-                     f"mech supports {_supported()}")
+    found = f"architecture {architectures[0]}" if architectures else f"model_type {config.get('model_type')!r}"
+    raise ValueError(f"unsupported {found} in {where}; mech supports {_supported()}")
 
 
 def _hub_config(name: str, revision: str | None) -> dict:
