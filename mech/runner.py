@@ -86,7 +86,8 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         protocol: str = metrics.DEFAULT_PROTOCOL,
         question_prompt: Callable = prompts_mod.question_prompt, chunk_size: int | None = None,
         extras: bool | Iterable[str] = True, progress: bool = True,
-        remote: bool | str = False, decoder: Decoder | None = None) -> Results:
+        remote: bool | str = False, decoder: Decoder | None = None,
+        model_fingerprint: dict | None = None) -> Results:
     """Greedy-generate answers for ``samples`` under ``intervention`` and score them.
 
     Args:
@@ -118,13 +119,15 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             instead of ``model.generate``; it cannot be combined with interventions or
             ``remote``. Its parameters are part of the chunk fingerprint; the clock runs
             around its ``generate`` call.
+        model_fingerprint: `mech.store.model_fingerprint` of ``model`` when already
+            computed (`sweep` hashes the weights once for all its runs).
     """
     from tqdm.auto import tqdm
 
     samples = list(samples)
     _check_decoder(model, decoder, _as_list(intervention), remote)
     job = _Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
-               chunk_size, extras, remote, decoder=decoder, protocol=protocol)
+               chunk_size, extras, remote, decoder=decoder, protocol=protocol, model_fingerprint=model_fingerprint)
     bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=job.meta["slug"])
 
     def compute(chunk, todo):
@@ -314,8 +317,10 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
             folders = {name: folder if _zero_layer(named[name]) is None
                        else folder.with_name(name + "+shared-rows") for name, folder in folders.items()}
         return _zero_mask_sweep(model, samples, named, folders, shared=fast == "shared", **kwargs)
+    fingerprint = st.model_fingerprint(model)  # hashes every weight: once for all runs
     return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
-                      decoder=iv if isinstance(iv, Decoder) else None, out=folders[name], **kwargs)
+                      decoder=iv if isinstance(iv, Decoder) else None, out=folders[name],
+                      model_fingerprint=fingerprint, **kwargs)
             for name, iv in named.items()}
 
 
