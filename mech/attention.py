@@ -39,7 +39,7 @@ KEY_BLOCK = 128  # key positions rotated at once by `query_attention_row`
 
 def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor,
                         sin: torch.Tensor, key_padding: torch.Tensor, *, head_dim: int,
-                        scaling: float, position: int = -1) -> torch.Tensor:
+                        scaling: float, position: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one query position to every key, per head, from projections.
 
     Args:
@@ -49,6 +49,10 @@ def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tenso
         key_padding: ``[batch, seq]`` attention mask (1 = real token).
         position: query position (``-1``: the last prompt token; with left padding it is
             the last position of every row). Keys after it are causally masked.
+        mask: the attention mask the layer was called with, ``[batch, 1 or heads, seq, seq]``
+            (bool: True attends; or additive), when there is one: its row at ``position``
+            is applied as the layer applies it, so edits (knockout, attention scaling) show.
+            None: causal plus ``key_padding``, what SDPA does without a mask.
     Returns:
         ``[batch, heads, seq]`` float32 softmax weights (rows sum to 1).
     """
@@ -69,6 +73,12 @@ def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tenso
         block = apply_rope(k[:, :, start:end].float(), cos[:, start:end].float(), sin[:, start:end].float())
         scores[..., start:end] = q @ block.transpose(-1, -2)
     scores = scores.reshape(batch, heads, seq) * scaling  # [batch, heads, seq]
+    if mask is not None:
+        row = mask[:, :, position, :seq]  # [batch, 1 or heads, seq]
+        if row.dtype == torch.bool:
+            return scores.masked_fill(~row, float("-inf")).softmax(-1)
+        low = torch.finfo(row.dtype).min
+        return (scores + row.float()).masked_fill(row <= low, float("-inf")).softmax(-1)
     allowed = key_padding.bool().clone()
     allowed[:, position + 1:] = False
     scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))

@@ -17,6 +17,15 @@ import torch
 from .checks import number
 
 STRATEGIES = ("all", "shallow", "deep")
+# Which image tokens are scaled by lambda. "contrastive" is the method; the others are
+# controls that scale exactly as many tokens per sample (see `selection_weights`).
+SELECTIONS = {
+    "contrastive": "the tokens with the lowest contrastive score IA (below the rho-quantile): the method",
+    "random": "as many tokens at random slots (a fixed seeded order of image-token slots)",
+    "high-ia": "as many tokens with the highest IA (the opposite selection)",
+    "low-attention": "as many tokens with the lowest plain attention A(post)",
+    "low-pre-attention": "as many tokens with the lowest attention at the pre-integrated layer, A(i*)",
+}
 
 
 def hellinger(p: torch.Tensor, q: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -109,3 +118,45 @@ def check_rho_lam(rho: float, lam: float) -> None:
            "are scaled; paper's best 0.2")
     number("lam", lam, low=0, meaning="it multiplies low-score image tokens: 0 removes them, 1 leaves them; "
            "default 0.1")
+
+
+def slot_keys(n: int, seed: int, device=None) -> torch.Tensor:
+    """``[n]`` int64 pseudo-random keys of image-token slots 0..n-1 for ``seed``: an integer
+    hash, the same on every device and for every batch (slot j's key does not depend on
+    how many slots the batch has)."""
+    x = torch.arange(n, device=device, dtype=torch.int64) + (int(seed) + 1) * 0x9E3779B1 % 0x7FFFFFFF
+    for _ in range(3):
+        x = x ^ (x >> 15)
+        x = (x * 0x2C1B3C6D) & 0x7FFFFFFF
+        x = x ^ (x >> 12)
+        x = (x * 0x297A2D39) & 0x7FFFFFFF
+    return x
+
+
+def selection_weights(select: str, scores: torch.Tensor, post_attention: torch.Tensor,
+                      pre_attention: torch.Tensor, valid: torch.Tensor, rho: float, lam: float,
+                      seed: int = 0) -> torch.Tensor:
+    """Weights ``[batch, n_image]`` (``lam`` on the selected tokens, 1 elsewhere).
+
+    ``"contrastive"`` is `contrastive_weights`; every other selection (`SELECTIONS`) scales
+    exactly as many tokens per row as the contrastive one, chosen by its own ranking
+    (ties by slot order), so a control differs from the method only in *which* tokens.
+    """
+    if select == "contrastive":
+        return contrastive_weights(scores, valid, rho, lam)
+    count = ((scores < row_quantile(scores, valid, rho)[:, None]) & valid).sum(-1)
+    if select == "random":
+        rank_by = slot_keys(scores.shape[-1], seed, scores.device).to(torch.float64).expand_as(scores)
+    elif select == "high-ia":
+        rank_by = -scores.double()
+    elif select == "low-attention":
+        rank_by = post_attention.double()
+    elif select == "low-pre-attention":
+        rank_by = pre_attention.double()
+    else:
+        raise ValueError(f"select={select!r}; use one of {', '.join(SELECTIONS)}")
+    order = rank_by.masked_fill(~valid, float("inf")).argsort(dim=-1, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device)
+                                            .expand_as(order).contiguous())
+    chosen = (rank < count[:, None]) & valid
+    return torch.where(chosen, torch.full_like(scores, lam), torch.ones_like(scores))

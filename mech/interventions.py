@@ -14,10 +14,19 @@ interventions compose in any number and any order::
 Hook sites of decoder layer L, in forward order:
 
 * ``input``              the hidden states entering layer L ``[batch, seq, hidden]``
+* ``normed``             the output of L's input RMSNorm, which feeds q/k/v ``[batch, seq, hidden]``
 * ``attention_inputs``   the self-attention call's ``(args, kwargs)`` (mask, rotary)
 * ``query_key``          ``(q_proj output, k_proj output)``
 * ``attention_weights``  the eager attention weights ``[batch, heads, seq, seq]``
 * ``output``             the hidden states leaving layer L
+
+At one site, steps that edit run before steps that only observe (attention capture reads
+the mask an attention edit left), so what is captured is what the layer computed.
+
+Interventions act on the prefill. Those that edit attention toward image tokens
+(``ScaleImage(at="attention")``, ``ContrastiveMask(mask_at="attention")``) also list
+``decode_steps`` for every later forward of a generation; `mech.run` and
+`mech.stepwise.generate` apply them at every generated token.
 
 Everything inside runs as torch ops and mech functions, so it ships unchanged to an
 NDIF server with ``remote=``.
@@ -37,8 +46,17 @@ from . import contrastive as con
 from .checks import number
 from .batch import Batch, scatter_image
 
-SITES = ("input", "attention_inputs", "query_key", "attention_weights", "output")
-LOCATIONS = ("input", "output")
+SITES = ("input", "normed", "attention_inputs", "query_key", "attention_weights", "output")
+# Where a scale acts on image tokens (ScaleImage.at, ContrastiveMask.mask_at):
+LOCATIONS = {
+    "input": "the hidden states entering the layer (the residual stream; the layer's own RMSNorm "
+             "divides a per-token scale back out, so only later layers see it)",
+    "normed": "the layer's input-RMSNorm output: its queries, keys and values see the scale; the "
+              "residual stream does not",
+    "attention": "the attention every query gives the image tokens at the layer and every later one "
+                 "(log of the weight added to the logits; 0 removes them), at every generated token",
+    "output": "the hidden states leaving the layer",
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,7 @@ class Step:
     layer: int
     site: str
     fn: Callable[[Any, dict], Any]  # (value, layer_state) -> new value or None (read only)
+    observe: bool = False           # reads the site's final value, after every edit there
 
 
 # -- reading and writing hook sites ---------------------------------------------
@@ -55,6 +74,8 @@ def _read(model, layer: int, site: str):
     envoy = model.layers[layer]
     if site == "input":
         return envoy.input
+    if site == "normed":
+        return envoy.input_layernorm.output
     if site == "output":
         return envoy.output
     if site == "attention_inputs":
@@ -70,6 +91,8 @@ def _write(model, layer: int, site: str, value) -> None:
     envoy = model.layers[layer]
     if site == "input":
         envoy.input = value
+    elif site == "normed":
+        envoy.input_layernorm.output = value
     elif site == "output":
         envoy.output = value
     elif site == "attention_inputs":
@@ -87,8 +110,19 @@ def apply(model, batch: Batch, *interventions: "Intervention"):
     for intervention in interventions:
         intervention.validate(model)
     results = [dict() for _ in interventions]
-    steps = [s for iv, r in zip(interventions, results) for s in iv.steps(model, batch, r)]
-    steps.sort(key=lambda s: (s.layer, SITES.index(s.site)))  # stable: given order within a site
+    run_steps(model, [s for iv, r in zip(interventions, results) for s in iv.steps(model, batch, r)])
+    for result in results:  # every level is saved so that unpacking keeps it too
+        for value in result.values():
+            nnsight.save(value)
+        nnsight.save(result)
+    out = results[0] if len(results) == 1 else tuple(results)
+    return nnsight.save(out)
+
+
+def run_steps(model, steps: Sequence[Step]) -> None:
+    """Run steps of one forward in model order: each hook site read once, its value passed
+    through the steps at it (edits in the given order, then observers), written back once."""
+    steps = sorted(steps, key=lambda s: (s.layer, SITES.index(s.site), s.observe))  # stable
     state: dict[int, dict] = {}
     for (layer, site), group in itertools.groupby(steps, key=lambda s: (s.layer, s.site)):
         value = _read(model, layer, site)
@@ -99,19 +133,32 @@ def apply(model, batch: Batch, *interventions: "Intervention"):
                 value, changed = new, True
         if changed:
             _write(model, layer, site, value)
-    for result in results:  # every level is saved so that unpacking keeps it too
-        for value in result.values():
-            nnsight.save(value)
-        nnsight.save(result)
-    out = results[0] if len(results) == 1 else tuple(results)
-    return nnsight.save(out)
+
+
+def apply_decode(model, batch: Batch, interventions: Sequence["Intervention"], results) -> None:
+    """Inside the trace of one forward after the prefill: the interventions' `decode_steps`,
+    given what `apply` returned for the prefill."""
+    results = [results] if len(interventions) == 1 else list(results)
+    run_steps(model, [s for iv, r in zip(interventions, results) for s in iv.decode_steps(model, batch, r)])
 
 
 class Intervention:
-    """Base: subclasses define ``steps`` and ``validate``."""
+    """Base: subclasses define ``steps`` and ``validate`` (and ``decode_steps`` if they act
+    on the forwards after the prefill)."""
 
     def steps(self, model, batch: Batch, result: dict) -> list[Step]:
         raise NotImplementedError
+
+    def decode_steps(self, model, batch: Batch, result: dict) -> list[Step]:
+        """Steps for each forward after the prefill of a generation (one new token each),
+        given the prefill's ``result``. Most interventions act on the prefill only."""
+        return []
+
+    @property
+    def edits_generation(self) -> bool:
+        """True if `decode_steps` acts: generation must then run one traced forward per
+        token (`mech.stepwise.generate`), not ``model.generate``."""
+        return False
 
     def validate(self, model) -> None:
         pass
@@ -121,9 +168,48 @@ class Intervention:
         return apply(model, batch, self)
 
 
-def _check_location(at: str) -> None:
+def _check_location(at: str, name: str = "at") -> None:
     if at not in LOCATIONS:
-        raise ValueError(f"at={at!r}; use 'input' (entering the layer) or 'output' (leaving it)")
+        raise ValueError(f"{name}={at!r}; use one of: " + "; ".join(f"{k!r} ({v})" for k, v in LOCATIONS.items()))
+
+
+def _key_weights(batch: Batch, weights, length: int, device) -> torch.Tensor:
+    """``[batch, length]`` multiplicative weight per key position: ``weights`` on the image
+    tokens, 1 elsewhere (positions after the prompt, generated tokens, too)."""
+    if not isinstance(weights, torch.Tensor):
+        weights = torch.full(batch.image_index.shape, float(weights))
+    weights = weights.float().to(device)
+    weights = torch.where(batch.image_valid.to(device), weights, torch.ones_like(weights))
+    per_position = scatter_image(weights, batch.image_index.to(device), batch.seq_len, 1.0)
+    return torch.nn.functional.pad(per_position, (0, length - batch.seq_len), value=1.0)
+
+
+def _suppress_keys(batch: Batch, weights) -> Callable:
+    """A step on ``attention_inputs``: multiply the attention every query gives each key by
+    its weight before normalisation, i.e. add ``log(weight)`` to the attention logits
+    (weight 0 removes the key). Works on the bool (SDPA), additive (eager) or absent mask
+    of the prefill and of decode steps alike."""
+    def suppress(call, _):
+        args, kwargs = call
+        mask = kwargs.get("attention_mask")
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        q_len = hidden.shape[1]
+        if mask is None:  # SDPA without padding passes no mask: make the one it implies
+            if q_len == batch.seq_len:  # the prefill
+                mask = _additive_causal_mask(batch, hidden.dtype, hidden.device)
+            else:  # one new token: it sees every key in the cache and itself
+                length = int(kwargs["cache_position"][-1]) + 1
+                mask = torch.zeros(hidden.shape[0], 1, q_len, length, dtype=hidden.dtype, device=hidden.device)
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(hidden.dtype).min)
+        low = torch.finfo(mask.dtype).min
+        key = _key_weights(batch, weights, mask.shape[-1], mask.device)
+        bias = torch.where(key > 0, key.clamp_min(torch.finfo(torch.float32).tiny).log(),
+                           torch.full_like(key, float("-inf")))
+        mask = (mask.float() + bias[:, None, None, :]).clamp_min(low).to(mask.dtype)
+        return args, {**kwargs, "attention_mask": mask}
+    return suppress
 
 
 def _image_multiplier(batch: Batch, weights, like: torch.Tensor) -> torch.Tensor:
@@ -140,7 +226,17 @@ def _image_multiplier(batch: Batch, weights, like: torch.Tensor) -> torch.Tensor
 
 @dataclass(frozen=True)
 class ScaleImage(Intervention):
-    """Multiply image-token hidden states at the input or output of decoder ``layer``.
+    """Scale the image tokens at decoder ``layer``, where ``at`` says (`LOCATIONS`):
+
+    * ``"input"``: multiply the hidden states entering the layer (the residual stream);
+      the layer's input RMSNorm divides a per-token scale back out (RMSNorm(w h) =
+      RMSNorm(h) for w > 0), so only later layers see it;
+    * ``"normed"``: multiply the input-RMSNorm output, so the layer's own queries, keys
+      and values see it (the residual stream is untouched);
+    * ``"attention"``: multiply the attention every query gives each image token, before
+      normalisation, at this layer and every later one (``log w`` added to the logits;
+      ``w = 0`` removes the tokens), for the prompt and every generated token;
+    * ``"output"``: multiply the hidden states leaving the layer.
 
     ``weights``: a scalar, or one weight per image token ``[batch, n_image]`` in the
     batch's padded image layout (a soft mask). Padded slots are ignored.
@@ -153,6 +249,10 @@ class ScaleImage(Intervention):
     def validate(self, model) -> None:
         model.check_layer(self.layer)
         _check_location(self.at)
+        if self.at == "attention" and isinstance(self.weights, torch.Tensor) and bool((self.weights < 0).any()):
+            raise ValueError("weights at='attention' multiply attention: they must be >= 0")
+        if self.at == "attention" and not isinstance(self.weights, torch.Tensor):
+            number("weights", self.weights, low=0, meaning="at='attention' it multiplies attention")
         if isinstance(self.weights, torch.Tensor):
             if self.weights.dim() not in (0, 2):
                 raise ValueError(f"weights must be a scalar or [batch, n_image], got shape "
@@ -163,9 +263,22 @@ class ScaleImage(Intervention):
             number("weights", self.weights, meaning="the factor on image-token hidden states")
 
     def steps(self, model, batch, result):
+        if self.at == "attention":
+            return self.decode_steps(model, batch, result)
+
         def scale(hidden, _):
             return hidden * _image_multiplier(batch, self.weights, hidden)
         return [Step(self.layer, self.at, scale)]
+
+    @property
+    def edits_generation(self) -> bool:
+        return self.at == "attention"
+
+    def decode_steps(self, model, batch, result):
+        if self.at != "attention":
+            return []
+        suppress = _suppress_keys(batch, self.weights)
+        return [Step(layer, "attention_inputs", suppress) for layer in range(self.layer, model.n_layers)]
 
 
 @dataclass(frozen=True)
@@ -256,15 +369,16 @@ def _capture_steps(model, batch: Batch, layers: Iterable[int], heads: str, metho
         def rotary(call, state):
             args, kwargs = call
             state["rotary"] = kwargs["position_embeddings"]
+            state["mask"] = kwargs.get("attention_mask")  # after any edit at this layer (observe)
 
         def from_qk(qk, state, layer=layer):
             cos, sin = state["rotary"]
             scaling = model.layers[layer].self_attn._module.scaling
             row = attn.query_attention_row(qk[0], qk[1], cos, sin, batch.inputs["attention_mask"],
-                                           head_dim=head_dim, scaling=scaling)
+                                           head_dim=head_dim, scaling=scaling, mask=state["mask"])
             store(layer, attn.image_attention(row, batch.image_index, batch.image_valid, heads))
 
-        steps += [Step(layer, "attention_inputs", rotary), Step(layer, "query_key", from_qk)]
+        steps += [Step(layer, "attention_inputs", rotary, observe=True), Step(layer, "query_key", from_qk)]
     return steps
 
 
@@ -281,9 +395,13 @@ class CaptureImageAttention(Intervention):
     """Capture A(i), the last prompt token's attention to the image tokens, at ``layers``.
 
     Result: ``{layer: A}`` with A ``[batch, n_image]`` (``[batch, heads, n_image]`` for
-    ``heads="none"``), renormalised to sum 1 over each row's image tokens.
-    ``method="sdpa"`` recomputes the row from q/k (no attention matrix, any attention
-    implementation); ``"eager"`` reads the eager weights (a checked fallback).
+    ``heads="none"``), renormalised to sum 1 over each row's image tokens; a row whose
+    image tokens get no attention at all (every one blocked by `Knockout`) is all zeros.
+    ``method="sdpa"`` recomputes the row from q/k and the layer's own attention mask (no
+    attention matrix, any attention implementation); ``"eager"`` reads the eager weights
+    (a checked fallback). Both report the attention the layer computed: with the edits of
+    `Knockout`, ``ScaleImage(at="attention")`` or an attention-mode `ContrastiveMask` at
+    that layer, and with ``at="normed"`` scaling of its keys.
     """
 
     layers: Sequence[int]
@@ -306,12 +424,22 @@ class CaptureImageAttention(Intervention):
 
 # -- contrastive attention -----------------------------------------------------
 
-PAPER_REVIEW_DEPTH = 29 / 32  # LLaVA-1.5-7B: review layer 29 of 32
+REVIEW_FROM_END = 3  # LLaVA-1.5-7B: review layer 29 of 32 (0-based), three from the end
 
 
 def default_review_layer(n_layers: int) -> int:
-    """The paper's review layer (29 of 32) at the same relative depth."""
-    return min(n_layers - 1, max(2, round(PAPER_REVIEW_DEPTH * n_layers)))
+    """The paper's review layer counted from the end: ``n_layers - 3`` (29 of 32).
+
+    Counted from the end, not at the same relative depth, so that layers follow it:
+    a residual-stream mask at the review layer's input reaches that layer's attention
+    only through the layers after it (RMSNorm divides a per-token scale back out), and at
+    the relative depth of a small model (7 of 8) none would. Models of 4 layers or fewer
+    get ``max(1, n_layers - 2)``.
+    """
+    return n_layers - REVIEW_FROM_END if n_layers > 4 else max(1, n_layers - 2)
+
+
+MASK_AT = ("input", "normed", "attention")
 
 
 @dataclass(frozen=True)
@@ -320,10 +448,29 @@ class ContrastiveMask(Intervention):
 
     At the post-integrated layer ``post`` (default ``review - 1``) and each candidate
     layer in C, capture A; per sample choose ``i* = argmax_{i in C} H(A(i), A(post))``;
-    ``IA = |A(post) - A(i*)|``; at the input of the ``review`` layer multiply the image
-    tokens whose IA is below the row's ``rho``-quantile by ``lam``.
+    ``IA = |A(post) - A(i*)|``; at the ``review`` layer scale the image tokens whose IA is
+    below the row's ``rho``-quantile by ``lam``.
 
-    Defaults: ``review`` at the paper's relative depth (29 of 32, see
+    ``mask_at`` says where the scale acts (the paper's Eq. 4 does not pin it down):
+
+    * ``"input"`` (default, the literal reading): the hidden states entering the review
+      layer. Its input RMSNorm divides a per-token scale back out (RMSNorm(λh) =
+      RMSNorm(h) for λ > 0), so the review layer's own attention is unchanged and only
+      the layers after it see the scaled residual (in the cache too, so every generated
+      token does). At the last layer it does nothing.
+    * ``"normed"``: the review layer's input-RMSNorm output, so its queries, keys and
+      values of the masked tokens are scaled; the residual stream is not.
+    * ``"attention"``: the attention every query gives the masked tokens, at the review
+      layer and every later one, is multiplied by λ before normalisation (log λ added to
+      the logits); λ = 0 removes them. It acts at every generated token (`decode_steps`;
+      `mech.run` and `mech.stepwise.generate` apply them).
+
+    ``select``: which tokens are scaled (`mech.contrastive.SELECTIONS`): the method
+    (``"contrastive"``) or a control that scales as many tokens per sample by another
+    rule (``"random"`` with ``seed``, ``"high-ia"``, ``"low-attention"``,
+    ``"low-pre-attention"``).
+
+    Defaults: ``review`` three layers from the end as in the paper (29 of 32, see
     `default_review_layer`), ``post = review - 1``, ``candidates="all"``, ``rho=0.2``
     (the paper's best), ``lam=0.1`` (our choice: the paper does not publish lambda),
     ``heads="mean"``.
@@ -339,6 +486,9 @@ class ContrastiveMask(Intervention):
     lam: float = 0.1
     heads: str = "mean"
     method: str = "sdpa"
+    mask_at: str = "input"
+    select: str = "contrastive"
+    seed: int = 0
 
     def layers_for(self, model) -> tuple[int, int, tuple[int, ...]]:
         """Resolve ``(review, post, candidates)`` for ``model``."""
@@ -356,6 +506,18 @@ class ContrastiveMask(Intervention):
         _check_method(model, self.method)
         if self.heads == "none":
             raise ValueError("contrastive attention needs one distribution per sample: heads='mean' or 'max'")
+        if self.mask_at not in MASK_AT:
+            raise ValueError(f"mask_at={self.mask_at!r}; use one of: "
+                             + "; ".join(f"{k!r} ({LOCATIONS[k]})" for k in MASK_AT))
+        if self.select not in con.SELECTIONS:
+            raise ValueError(f"select={self.select!r}; use one of: "
+                             + "; ".join(f"{k!r} ({v})" for k, v in con.SELECTIONS.items()))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: must be an integer >= 0")
+
+    @property
+    def edits_generation(self) -> bool:
+        return self.mask_at == "attention"
 
     def steps(self, model, batch, result):
         review, post, candidates = self.layers_for(model)
@@ -363,14 +525,31 @@ class ContrastiveMask(Intervention):
         steps = _capture_steps(model, batch, sorted({*candidates, post}), self.heads, self.method,
                                captured.__setitem__)
 
-        def mask_review_input(hidden, _):
-            stacked = torch.stack([captured[i] for i in candidates], 1)  # [batch, C, n_image]
-            valid = batch.image_valid.to(stacked.device)
-            pre_layer, pre, distance = con.select_pre_layer(stacked, captured[post], candidates)
-            scores = con.contrastive_scores(captured[post], pre)
-            weights = con.contrastive_weights(scores, valid, self.rho, self.lam)
-            result.update(pre_layer=pre_layer, distance=distance, scores=scores, weights=weights,
-                          candidates=torch.tensor(candidates))
-            return hidden * _image_multiplier(batch, weights, hidden)
+        def weights():
+            if "weights" not in result:
+                stacked = torch.stack([captured[i] for i in candidates], 1)  # [batch, C, n_image]
+                valid = batch.image_valid.to(stacked.device)
+                pre_layer, pre, distance = con.select_pre_layer(stacked, captured[post], candidates)
+                scores = con.contrastive_scores(captured[post], pre)
+                result.update(pre_layer=pre_layer, distance=distance, scores=scores,
+                              weights=con.selection_weights(self.select, scores, captured[post], pre, valid,
+                                                            self.rho, self.lam, self.seed),
+                              candidates=torch.tensor(candidates))
+            return result["weights"]
 
-        return steps + [Step(review, "input", mask_review_input)]
+        if self.mask_at == "attention":
+            def suppress(call, state):
+                return _suppress_keys(batch, weights())(call, state)
+            return steps + [Step(layer, "attention_inputs", suppress) for layer in range(review, model.n_layers)]
+
+        def scale(hidden, _):
+            return hidden * _image_multiplier(batch, weights(), hidden)
+
+        return steps + [Step(review, self.mask_at, scale)]
+
+    def decode_steps(self, model, batch, result):
+        if self.mask_at != "attention":
+            return []
+        review = self.layers_for(model)[0]
+        suppress = _suppress_keys(batch, result["weights"])
+        return [Step(layer, "attention_inputs", suppress) for layer in range(review, model.n_layers)]

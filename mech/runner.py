@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from . import generation, metrics
+from . import generation, metrics, stepwise
 from . import prompts as prompts_mod
 from . import store as st
 from .interventions import Intervention, apply
@@ -449,6 +449,8 @@ def _run_batch(model, samples, job, remote=False, decoder=None) -> list[Record]:
         start = time.perf_counter()
         if decoder is not None:
             new, decoded = decoder.generate(model, batch, cap, samples)
+        elif stepwise.edits_generation(interventions):  # acts on every generated token
+            new, results = stepwise.generate(model, batch, interventions, cap, remote=remote)
         else:
             options = {"remote": remote} if remote else {}
             with model.generate(batch, max_new_tokens=cap, **options) as tracer:

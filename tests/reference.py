@@ -93,3 +93,38 @@ def eager_image_attention(module, inputs, image_token_id, layers, heads="mean"):
             rows.append(row / row.sum(-1, keepdim=True))
         result[layer] = rows
     return result
+
+
+def normed_hook(layers, layer, mult, seq_len):
+    """Scale the output of layer ``layer``'s input RMSNorm (prefill only)."""
+    def post(mod, args, output):
+        if output.shape[1] != seq_len:
+            return None
+        return output * mult.to(output.dtype)
+    return layers[layer].input_layernorm.register_forward_hook(post)
+
+
+def attention_scale_hooks(layers, first, key_weights):
+    """From layer ``first`` on, add log(weight) to every query's attention logit toward
+    each key (``key_weights`` ``[batch, prompt]``; keys beyond the prompt keep weight 1),
+    at every forward: the prefill and each generated token. The mask each layer gets is
+    rebuilt here as an additive float mask (0 allowed, -inf blocked)."""
+    def pre(mod, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        q_len = hidden.shape[1]
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            length = int(kwargs["cache_position"][-1]) + 1
+            allowed = torch.ones(hidden.shape[0], 1, q_len, length, dtype=torch.bool)
+            if q_len > 1:
+                allowed = allowed & torch.ones(q_len, length, dtype=torch.bool).tril(length - q_len)
+            mask = allowed
+        if mask.dtype == torch.bool:
+            additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+        else:
+            additive = mask.float().masked_fill(mask <= torch.finfo(mask.dtype).min, float("-inf"))
+        weights = torch.ones(mask.shape[0], mask.shape[-1])
+        weights[:, :key_weights.shape[1]] = key_weights
+        additive = additive + weights.log()[:, None, None, :]
+        return args, {**kwargs, "attention_mask": additive.clamp_min(torch.finfo(hidden.dtype).min).to(hidden.dtype)}
+    return [layers[i].self_attn.register_forward_pre_hook(pre, with_kwargs=True) for i in range(first, len(layers))]

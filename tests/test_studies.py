@@ -109,8 +109,8 @@ def test_discovered_layers_or_an_honest_fallback():
     rising = [0.12, 0.30, 0.30, 0.34, 0.38, 0.59, 0.79, 0.79]
     chosen = layers.resolve(Args(), EightLayers(), synthetic_masking(rising))
     assert chosen.source == "fallback" and "no review layer found" in chosen.reason
-    assert chosen.review == 7  # the paper's relative depth, said so in the reason
-    assert "relative depth" in chosen.reason
+    assert chosen.review == 5  # the paper's review layer counted from the end (n - 3), said so
+    assert "counted from the end" in chosen.reason
 
 
 def test_cli_rejects_bad_options(tmp_path):
