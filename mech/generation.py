@@ -41,6 +41,7 @@ GENERATION: dict[str, Generation] = {
     "docvqa": Generation(32, ("\n\n",), "docvqa_val"),
     # Not lmms-eval tasks: short-answer sets, generated like VQAv2 / GQA.
     "shapes": Generation(16, (), ""),
+    **{f"shapes-{kind}": Generation(16, (), "") for kind in ("dots", "speckle", "crowd")},
     "easyvqa": Generation(16, (), ""),
 }
 _DEFAULT = Generation(16, (), "")

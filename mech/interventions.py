@@ -440,6 +440,7 @@ def default_review_layer(n_layers: int) -> int:
 
 
 MASK_AT = ("input", "normed", "attention")
+DEFAULT_MASK_AT = "input"
 
 
 @dataclass(frozen=True)

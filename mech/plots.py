@@ -194,3 +194,33 @@ def baselines(ds: xr.Dataset):
     right.tick_params(axis="x", rotation=20)
     fig.tight_layout()
     return fig
+
+
+def controls(table: xr.Dataset):
+    """Contrastive attention minus each control (and minus the plain model), with paired
+    bootstrap 95% CIs, one panel per table row (dataset), settings on the y axis."""
+    rows = [str(r) for r in table["row"].values]
+    settings = [str(s) for s in table["setting"].values]
+    columns = ["baseline", *[str(c) for c in table["control"].values]]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.6 * len(rows), 0.9 + 0.32 * len(settings) * len(columns) / 2),
+                             squeeze=False, sharey=True)
+    colors = sns.color_palette("deep", len(columns))
+    y = np.arange(len(settings))
+    for j, row in enumerate(rows):
+        ax = axes[0, j]
+        one = table.sel(row=row)
+        for k, column in enumerate(columns):
+            if column == "baseline":
+                diff, ci = one["gain"].values, one["gain_ci"].values
+            else:
+                diff, ci = one["difference"].sel(control=column).values, one["difference_ci"].sel(control=column).values
+            offset = (k - (len(columns) - 1) / 2) * 0.8 / len(columns)
+            ax.errorbar(diff * PERCENT, y + offset, xerr=[(diff - ci[:, 0]) * PERCENT, (ci[:, 1] - diff) * PERCENT],
+                        fmt="o", ms=3, capsize=2, color=colors[k], label=f"vs {column}")
+        ax.axvline(0, color="0.3", lw=1)
+        ax.set_yticks(y, settings, fontsize=6)
+        ax.set_title(row, fontsize=8)
+        ax.set_xlabel("contrastive minus ... (points)")
+    axes[0, -1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig

@@ -27,6 +27,7 @@ POST_PROMPTS: dict[str, str] = {
     # The embedded tiny model was trained on bare questions with one-word answers; its
     # word-level vocabulary has no "answer/single/phrase": the post-prompt would be <unk>s.
     "shapes": "",
+    **{f"shapes-{kind}": "" for kind in ("dots", "speckle", "crowd")},
     "easyvqa": SHORT_ANSWER,
 }
 

@@ -37,6 +37,7 @@ class Record:
     batch_size: int
     extras: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    question_type: str | None = None
 
     @property
     def inverse_time(self) -> float:
@@ -122,7 +123,8 @@ class Results:
         return cls(records, meta, reused=list(range(len(names))))
 
     def to_xarray(self):
-        """``xarray.Dataset`` with dim ``sample`` (coords: ``sample`` id, ``dataset``).
+        """``xarray.Dataset`` with dim ``sample`` (coords: ``sample`` id, ``dataset``,
+        ``question_type``: "" where a sample has none).
 
         Vars: ``score``, ``correct`` (score >= 1, full credit), ``seconds`` (s),
         ``inverse_time`` (1/s), ``new_tokens``, ``prediction``, ``batch_size``, ``timing``;
@@ -159,7 +161,8 @@ class Results:
                     data[name] = (("sample", f"{name[6:]}_index"), array, {})
         attrs = {k: v if isinstance(v, (int, float, str)) else st.dumps(v)
                  for k, v in self.meta.items() if v is not None}
-        coords = {"sample": [r.id for r in recs], "dataset": ("sample", [r.dataset for r in recs])}
+        coords = {"sample": [r.id for r in recs], "dataset": ("sample", [r.dataset for r in recs]),
+                  "question_type": ("sample", [r.question_type or "" for r in recs])}
         return xr.Dataset(data, coords=coords, attrs=attrs)
 
 

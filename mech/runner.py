@@ -247,6 +247,7 @@ class _Job:
             return False
         for record, sample in zip(stored, chunk):
             record.scores, record.score = _scores(sample, record.prediction, self.protocol)
+            record.question_type = sample.question_type
         self.parts[index] = stored
         self.reused.append(index)
         if bar is not None:
@@ -493,7 +494,7 @@ def _records(model, samples, new, seconds, per_sample, caps, protocol, timing=No
         records.append(Record(id=sample.id, dataset=sample.dataset, prediction=text, score=score,
                               seconds=seconds / n, new_tokens=count,
                               timing=timing or ("per-sample" if n == 1 else "amortised"), batch_size=n,
-                              extras=per_sample[i], scores=scores))
+                              extras=per_sample[i], scores=scores, question_type=sample.question_type))
     return records
 
 

@@ -30,9 +30,11 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="'tiny' (the embedded model, default), a local checkpoint folder, or a "
                         "Hugging Face id such as llava-hf/llava-1.5-7b-hf")
     p.add_argument("--revision", default=None, help="hub revision to pin (with a hub id)")
-    p.add_argument("--datasets", default="shapes",
-                   help="comma-separated: shapes, easyvqa, vqav2, gqa, textvqa, okvqa, vizwiz, docvqa, or "
-                        "a dataset registered by an --import module (default: shapes)")
+    p.add_argument("--datasets", default="shapes,shapes-dots",
+                   help="comma-separated: shapes (clean test scenes), shapes-dots / shapes-speckle / shapes-crowd "
+                        "(the same model's out-of-distribution scenes with distractors), easyvqa, vqav2, gqa, "
+                        "textvqa, okvqa, vizwiz, docvqa, or a dataset registered by an --import module "
+                        "(default: shapes,shapes-dots)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), e.g. one that calls mech.datasets.register "
                         "for a dataset of your own")
@@ -342,7 +344,7 @@ def chunks(out: Path, dataset: str) -> Path:
     return out / "chunks" / dataset
 
 
-PER_SAMPLE = ("score", "inverse_time", "new_tokens")
+PER_SAMPLE = ("score", "inverse_time", "new_tokens", "prediction")
 
 
 def positional(ds: xr.Dataset) -> xr.Dataset:
@@ -360,7 +362,11 @@ def per_dataset(runs: dict[str, xr.Dataset]) -> xr.Dataset:
              for n in names]
     ds = xr.concat(parts, dim=xr.DataArray(names, dims="dataset", name="dataset"), join="outer")
     ds["is_sample"] = ds["is_sample"].fillna(False).astype(bool)
+    for var in [v for v in ds.data_vars if ds[v].dtype == object]:  # netCDF: no NaN in strings
+        ds[var] = ds[var].where(ds["is_sample"], "").astype(str)
     ds = ds.assign_coords(sample_id=ds["sample_id"].fillna("").astype(str))  # netCDF: no NaN in strings
+    if "question_type" in ds.coords:
+        ds = ds.assign_coords(question_type=ds["question_type"].fillna("").astype(str))
     ds["is_sample"].attrs["long_name"] = "a real sample (False: padding of a shorter dataset)"
     return ds
 
@@ -371,9 +377,11 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
 
     ``named``: ``{coordinate: intervention}`` along the new dim ``dim`` (e.g. layer -> ZeroImage).
     Dims: ``dataset``, ``dim``, ``sample`` (positional, ``sample_id`` coord), ``bound``.
-    Vars: ``score``, ``inverse_time`` (1/s), ``new_tokens`` and numeric per-sample extras
-    (``extra_*``, e.g. ``extra_pre_layer``) over (dataset, dim, sample); ``baseline_score``,
-    ``baseline_inverse_time`` over (dataset, sample); ``accuracy``/``accuracy_ci``,
+    Vars: ``score``, ``inverse_time`` (1/s), ``new_tokens``, ``prediction`` and numeric
+    per-sample extras (``extra_*``, e.g. ``extra_pre_layer``) over (dataset, dim, sample);
+    ``baseline_score``, ``baseline_inverse_time``, ``baseline_new_tokens``,
+    ``baseline_prediction`` over (dataset, sample); ``changed`` (dataset, dim): predictions
+    that differ from the baseline's; ``accuracy``/``accuracy_ci``,
     ``mean_inverse_time`` and ``baseline_*`` summaries with percentile-bootstrap 95% CIs.
     """
     import mech
@@ -395,6 +403,7 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
         stacked["baseline_score"] = base["score"]
         stacked["baseline_inverse_time"] = base["inverse_time"]
         stacked["baseline_new_tokens"] = base["new_tokens"]
+        stacked["baseline_prediction"] = base["prediction"]
         runs[name] = stacked.drop_vars("dataset", errors="ignore")
     return summarise(per_dataset(runs), seed)
 
@@ -414,6 +423,7 @@ def summarise(ds: xr.Dataset, seed: int) -> xr.Dataset:
             "baseline_accuracy": base["accuracy"], "baseline_accuracy_ci": base["accuracy_ci"],
             "baseline_mean_inverse_time": one["baseline_inverse_time"].mean("sample"),
             "baseline_mean_new_tokens": one["baseline_new_tokens"].mean("sample"),
+            "changed": (one["prediction"] != one["baseline_prediction"]).sum("sample"),
         }))
     ds = ds.merge(xr.concat(parts, dim=ds["dataset"]), compat="no_conflicts")
     for var in ds.data_vars:
@@ -423,6 +433,7 @@ def summarise(ds: xr.Dataset, seed: int) -> xr.Dataset:
             ds[var].attrs["units"] = unit
     for var in ("accuracy_ci", "baseline_accuracy_ci"):
         ds[var].attrs["long_name"] = "95% percentile bootstrap CI of the mean over samples"
+    ds["changed"].attrs.update(units="samples", long_name="predictions that differ from the baseline's")
     ds["inverse_time"].attrs["long_name"] = "1/t: inverse seconds in generate per sample"
     ds["new_tokens"].attrs["long_name"] = ("generated tokens before EOS (at most the cap): tells a slower "
                                            "run from a longer answer")

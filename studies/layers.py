@@ -70,6 +70,28 @@ def pooled(ds: xr.Dataset, var: str) -> xr.DataArray:
     return out.rename(pooled="sample")
 
 
+def discover_by_type(masking: xr.Dataset, *, seed: int = 0, min_samples: int = 20) -> dict[str, dict]:
+    """`mech.discovery.discover_layers` per question type (pooled over datasets), for the
+    types with at least ``min_samples`` samples: ``{type: {fusion, review, post, n, reason}}``."""
+    from mech.discovery import discover_layers
+
+    if "question_type" not in masking.coords:
+        return {}
+    types = masking["question_type"].broadcast_like(masking["is_sample"]).stack(pooled=("dataset", "sample"))
+    types = types.values[masking["is_sample"].stack(pooled=("dataset", "sample")).values].astype(str)
+    correct = pooled(masking, "score").transpose("layer", "sample")
+    baseline = pooled(masking, "baseline_score")
+    out = {}
+    for qtype in sorted(set(types) - {""}):
+        keep = np.flatnonzero(types == qtype)
+        if len(keep) < min_samples:
+            continue
+        found = discover_layers(correct.isel(sample=keep), baseline=baseline.isel(sample=keep), seed=seed)
+        out[qtype] = {"fusion": list(found.fusion_layers), "review": found.review_layer, "post": found.post_layer,
+                      "n": int(len(keep)), "reason": found.reason}
+    return out
+
+
 def discover(masking: xr.Dataset, *, seed: int = 0):
     """`mech.discovery.LayerDiscovery` from a layer-masking study Dataset."""
     from mech.discovery import discover_layers

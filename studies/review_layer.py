@@ -8,9 +8,14 @@
 3. Check the post-integrated layer against the Hellinger profile (Fig. 5): the layer
    whose image attention is closest to the final layer's.
 4. Evaluate the model with and without contrastive attention at those layers on the
-   same samples: accuracy per dataset and on average (the paper's Table 1 row), the
-   paired bootstrap 95% CI of the difference, and a paired test (McNemar for 0/1
-   scores, paired bootstrap for soft scores).
+   same samples, beside the random control (as many tokens scaled, at random slots,
+   averaged over ``--seeds``): accuracy per dataset and on average (the paper's Table 1
+   row), the paired bootstrap 95% CI of each difference, a paired test (McNemar for 0/1
+   scores, paired bootstrap for soft scores), and how many predictions change.
+
+Layers are also discovered per question type (where samples have one); the default
+datasets are the clean shapes test set and a cluttered one (distractor dots), which
+gives the method errors to fix.
 
 Defaults run offline on the embedded tiny model and the shapes set. Everything lands
 under ``--out`` (default ``runs/``): ``review_layer.nc``, ``layer_masking.nc``,
@@ -21,15 +26,16 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import common, hellinger_profile, layers as layer_choice
+from . import common, controls, hellinger_profile, layers as layer_choice
 from .layer_masking import sweep as masking_sweep
 from .strategies import add_contrastive_arguments
 
 
-def paired_table(ds: xr.Dataset, seed: int) -> xr.Dataset:
-    """Per dataset (and ``average``): accuracy of baseline and contrastive, difference
-    with its paired bootstrap CI, and the paired-test p-value."""
-    table = common.paired_rows(ds, "intervention", "contrastive", seed)
+def paired_table(ds: xr.Dataset, seed: int, dim: str = "intervention", coord="contrastive") -> xr.Dataset:
+    """Per dataset (and ``average``): accuracy of baseline and contrastive (the run
+    ``coord`` along ``dim``), difference with its paired bootstrap CI, and the paired-test
+    p-value."""
+    table = common.paired_rows(ds, dim, coord, seed)
     table = table.rename(accuracy="contrastive_accuracy")
     table["difference_ci"].attrs["long_name"] = "paired bootstrap 95% CI of contrastive - baseline"
     return table
@@ -61,6 +67,8 @@ def main(argv=None) -> xr.Dataset:
                         help="candidate set for the pre-integrated layer: fusion (the discovered set S; "
                              "'all' when S has no layer below the post layer), all, shallow or deep "
                              "(default: fusion)")
+    controls.add_arguments(parser, grid=False)
+    parser.set_defaults(controls="random")
     common.add_check(parser, check_candidates)
     args = common.parse(parser, argv)
     model, samples = common.start(args)
@@ -74,6 +82,10 @@ def main(argv=None) -> xr.Dataset:
     common.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
     print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
           f"post-integrated layer {chosen.post}\n    {chosen.reason}")
+    by_type = layer_choice.discover_by_type(masking, seed=args.seed)
+    for qtype, found in by_type.items():
+        print(f"    {qtype:<8} fusion {list(found['fusion'])}, review "
+              f"{found['review'] if found['review'] is not None else 'none'} (n={found['n']})")
 
     print("3/4 Hellinger profile")
     profile = hellinger_profile.profile(model, samples, out=args.out, **options)
@@ -89,18 +101,24 @@ def main(argv=None) -> xr.Dataset:
         if not below:
             print(f"    the fusion set {list(chosen.fusion)} has no layer below the post-integrated layer "
                   f"{chosen.post}: using all layers below it as candidates")
-    print(f"4/4 baseline vs contrastive attention (candidates {candidates}, rho {args.rho}, lambda {args.lam})")
-    intervention = mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=candidates,
-                                        rho=args.rho, lam=args.lam)
-    ds = common.compare(model, samples, {"contrastive": intervention}, "intervention", out=args.out, seed=args.seed,
-                        **options)
-    table = paired_table(ds, args.seed)
-    ds = ds.merge(table, compat="no_conflicts")
-    print(format_table(table))
-    return common.finish(ds, args, model, "review_layer", lambda d: plots.review_table(table), rho=args.rho,
-                         lam=args.lam, candidates=candidates, intervention=repr(intervention),
-                         hellinger_closest_layer=check.layer, hellinger_agrees=str(check.agrees),
-                         **chosen.attrs())
+    picked = controls.lists(args)["controls"]
+    print(f"4/4 baseline vs contrastive attention and controls ({', '.join(picked)}); candidates {candidates}, "
+          f"rho {args.rho}, lambda {args.lam}, mask at {args.mask_at}")
+    setting = dict(review=chosen.review, post=chosen.post, mask_at=args.mask_at, rho=args.rho, lam=args.lam)
+    named, meta = controls.runs([setting], candidates, picked, args.seeds)
+    ds = controls.evaluate(model, samples, named, meta, out=args.out, seed=args.seed, **options)
+    method = next(name for name, m in meta.items() if m["selection"] == "contrastive")
+    table = paired_table(ds, args.seed, dim="run", coord=method)
+    summary = controls.table(ds, args.seed)
+    paired = table.rename({v: f"table1_{v}" for v in table.data_vars} | {"row": "table1_row"})
+    ds = ds.merge(paired).merge(controls.prefixed(summary, "controls"))
+    print(controls.format_table(summary))
+    if len(table["row"]) > 2:
+        print(format_table(table.sel(row=["average"])))
+    return common.finish(ds, args, model, "review_layer", lambda d: plots.controls(summary), rho=args.rho,
+                         lam=args.lam, mask_at=args.mask_at, candidates=candidates, controls=picked, seeds=args.seeds,
+                         intervention=repr(named[method]), hellinger_closest_layer=check.layer,
+                         hellinger_agrees=str(check.agrees), discovery_by_question_type=by_type, **chosen.attrs())
 
 
 if __name__ == "__main__":

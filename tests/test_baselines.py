@@ -11,7 +11,8 @@ from studies import baselines
 def test_baselines_writes_the_table(checkpoint, tmp_path, capsys):
     out = tmp_path / "runs"
     args = ["--model", checkpoint, "--out", str(out), "--limit", "4", "--batch-size", "2",
-            "--max-new-tokens", "2", "--no-progress", "--review", "5", "--vicrop-crop-size", "32"]
+            "--max-new-tokens", "2", "--no-progress", "--review", "5", "--vicrop-crop-size", "32",
+            "--datasets", "shapes"]
     baselines.main(args)
     printed = capsys.readouterr().out
     for label in ("no intervention", "DoLa", "ViCrop", "contrastive attention"):

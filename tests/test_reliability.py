@@ -79,7 +79,8 @@ def test_results_load_refuses_mixed_or_repeated_chunks(llava, tmp_path):
 
 
 def test_a_larger_limit_and_another_seed_reuse_and_keep_chunks(checkpoint, tmp_path):
-    args = ["--model", checkpoint, "--batch-size", "2", "--chunk-size", "2", "--no-progress", "--out", str(tmp_path)]
+    args = ["--model", checkpoint, "--batch-size", "2", "--chunk-size", "2", "--no-progress", "--out", str(tmp_path),
+            "--datasets", "shapes"]
     small = layer_masking.main([*args, "--limit", "4"])
     files = chunk_files(tmp_path)
     assert len(files) == 2 * 7  # 2 chunks x (baseline + 6 layers)
@@ -196,7 +197,8 @@ def test_a_bad_option_is_one_line_and_exit_code_2(checkpoint, tmp_path):
 # -- 4. 1/t labelled by how it was measured --------------------------------------------------
 
 def test_naive_sweep_times_standalone_runs(checkpoint, tmp_path):
-    args = ["--model", checkpoint, "--limit", "4", "--batch-size", "2", "--no-progress", "--out", str(tmp_path)]
+    args = ["--model", checkpoint, "--limit", "4", "--batch-size", "2", "--no-progress", "--out", str(tmp_path),
+            "--datasets", "shapes"]
     fast = layer_masking.main(args)
     files = chunk_files(tmp_path)
     naive = layer_masking.main([*args, "--naive-sweep"])
@@ -364,7 +366,7 @@ def test_a_failed_write_is_one_error_everywhere(llava, tmp_path, monkeypatch):
 def test_ctrl_c_says_what_was_saved_and_resumes(checkpoint, tmp_path):
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "studies.layer_masking", "--model", checkpoint, "--limit", "12",
-               "--batch-size", "2", "--chunk-size", "2", "--no-progress", "--out", str(out)]
+               "--batch-size", "2", "--chunk-size", "2", "--no-progress", "--out", str(out), "--datasets", "shapes"]
     child = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              cwd=TESTS.parent)
     deadline = time.monotonic() + 120
@@ -391,7 +393,7 @@ def test_ctrl_c_says_what_was_saved_and_resumes(checkpoint, tmp_path):
 
 def test_chunk_size_bounds_what_a_kill_loses(checkpoint, tmp_path):
     layer_masking.main(["--model", checkpoint, "--limit", "6", "--batch-size", "2", "--chunk-size", "2",
-                        "--no-progress", "--out", str(tmp_path)])
+                        "--no-progress", "--out", str(tmp_path), "--datasets", "shapes"])
     per_run = {}
     for path in tmp_path.rglob("chunk-*.json"):
         per_run.setdefault(path.parent.name, []).append(len(json.loads(path.read_text())["records"]))

@@ -47,12 +47,18 @@ def test_review_layer_writes_everything(checkpoint, out, capsys):
     assert np.all((h >= 0) & (h <= 1 + 1e-6)) and np.allclose(h[:, -1], 0, atol=1e-6)
 
     ds = xr.open_dataset(out / "review_layer.nc")
-    assert ds["score"].dims == ("dataset", "intervention", "sample")
-    assert list(ds["intervention"].values) == ["contrastive"]
-    assert ds["difference_ci"].dims == ("row", "bound")
-    assert 0 <= float(ds["p_value"].sel(row="shapes")) <= 1
+    assert ds["score"].dims == ("dataset", "run", "sample")
+    assert list(ds["selection"].values) == ["contrastive", "random", "random", "random"]
+    assert list(ds["dataset"].values) == ["shapes", "shapes-dots"]
+    assert ds["table1_difference_ci"].dims == ("table1_row", "bound")
+    assert 0 <= float(ds["table1_p_value"].sel(table1_row="shapes")) <= 1
+    assert ds["controls_difference"].dims == ("controls_row", "table_setting", "control")
+    assert list(ds["control"].values) == ["random"]
+    assert int(ds["controls_changed"].sel(controls_row="shapes").item()) >= 0
     common_attrs_ok(ds, "review_layer")
-    assert ds.attrs["rho"] == 0.2 and ds.attrs["lam"] == 0.1
+    assert ds.attrs["rho"] == 0.2 and ds.attrs["lam"] == 0.1 and ds.attrs["mask_at"] == "input"
+    by_type = json.loads(ds.attrs["discovery_by_question_type"])
+    assert set(by_type) <= {"color", "shape", "count", "exist", "spatial"}
 
 
 def test_rerun_reuses_every_chunk(checkpoint, out, capsys):
@@ -70,7 +76,7 @@ def test_other_studies(checkpoint, out):
     ds = pre_layer.main(base)
     assert ds["frequency"].dims == ("dataset", "layer")
     assert np.allclose(ds["frequency"].sum("layer"), 1)
-    assert int(ds["count"].sum()) == 6
+    assert int(ds["count"].sum()) == 6 * ds.sizes["dataset"]
     ds = mask_ratio.main([*base, "--ratios", "0,0.5,1"])
     assert list(ds["ratio"].values) == [0, 0.5, 1] and ds["ratio"].attrs["units"] == "fraction"
     for name in ("strategies", "pre_layer", "mask_ratio"):

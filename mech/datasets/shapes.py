@@ -159,20 +159,67 @@ def scene_in_split(rng: np.random.Generator, split: str, **kw) -> Scene:
             return scene
 
 
-def shapes(split: str = "test", n: int = 300, seed: int = 0) -> list[Sample]:
+CLUTTER = {
+    "dots": "2-4 small dots (radius 2 px) of the palette's colours in empty grid cells",
+    "speckle": "4% of the pixels set to random palette colours",
+    "crowd": "5-7 objects per scene (training scenes hold 1-4); no count questions",
+}
+_CLUTTER_STREAM = {"dots": 1, "speckle": 2, "crowd": 3}
+
+
+def add_clutter(image: Image.Image, scene: Scene, kind: str, rng: np.random.Generator) -> Image.Image:
+    """A copy of ``image`` with ``kind`` distractors (see `CLUTTER`); objects stay untouched
+    by the dots (they only go into empty cells), not by speckle."""
+    image = image.copy()
+    palette = list(COLORS.values())
+    if kind == "dots":
+        cell = IMAGE_SIZE / scene.grid
+        taken = {(o.row, o.col) for o in scene.objects}
+        empty = [(r, c) for r in range(scene.grid) for c in range(scene.grid) if (r, c) not in taken]
+        draw = ImageDraw.Draw(image)
+        for k in rng.choice(len(empty), size=min(len(empty), int(rng.integers(2, 5))), replace=False):
+            r, c = empty[int(k)]
+            cx = (c + 0.5) * cell + int(rng.integers(-3, 4))
+            cy = (r + 0.5) * cell + int(rng.integers(-3, 4))
+            draw.ellipse([cx - 2, cy - 2, cx + 1, cy + 1], fill=palette[int(rng.integers(len(palette)))])
+    elif kind == "speckle":
+        pixels = np.asarray(image).copy()
+        hit = rng.random(pixels.shape[:2]) < 0.04
+        colours = np.array(palette, dtype=np.uint8)[rng.integers(len(palette), size=int(hit.sum()))]
+        pixels[hit] = colours
+        image = Image.fromarray(pixels)
+    elif kind != "crowd":
+        raise ValueError(f"clutter {kind!r} is not known; use one of {', '.join(CLUTTER)}")
+    return image
+
+
+def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None = None) -> list[Sample]:
     """``n`` shapes-VQA samples of ``split``, question types cycling through
     ``QUESTION_TYPES`` (equal shares), deterministic in ``(split, n, seed)`` prefix-wise:
     ``shapes(s, 10)`` is the first 10 of ``shapes(s, 100)``. ``extras`` holds
-    ``question_type``, ``n_objects`` and the ``scene`` (objects with their grid cells;
-    with the tiny model's 8-px patches, cell (row, col) covers image tokens
-    ``16 * row + 2 * col + {0, 1, 8, 9}``).
+    ``n_objects`` and the ``scene`` (objects with their grid cells; with the tiny model's
+    8-px patches, cell (row, col) covers image tokens ``16 * row + 2 * col + {0, 1, 8, 9}``).
+
+    ``clutter`` (`CLUTTER`): out-of-distribution test scenes with distractors, dataset
+    ``"shapes-<kind>"``. ``"dots"`` and ``"speckle"`` are the clean set's scenes and
+    questions with distractors drawn over them (a paired comparison); ``"crowd"`` draws
+    scenes of 5-7 objects from a stream of its own.
     """
+    if clutter is not None and clutter not in CLUTTER:
+        raise ValueError(f"clutter {clutter!r} is not known; use one of {', '.join(CLUTTER)}")
     rng = split_rng(split, seed)
+    if clutter == "crowd":
+        rng = np.random.default_rng([seed, _SPLIT_STREAM[split], 0x5A11E5, _CLUTTER_STREAM["crowd"]])
+    types = [t for t in QUESTION_TYPES if t != "count"] if clutter == "crowd" else QUESTION_TYPES
+    dataset = "shapes" if clutter is None else f"shapes-{clutter}"
     out = []
     for i in range(n):
-        qtype = QUESTION_TYPES[i % len(QUESTION_TYPES)]
+        qtype = types[i % len(types)]
         while True:
-            scene = scene_in_split(rng, split, n_min=2 if qtype == "spatial" else 1)
+            if clutter == "crowd":
+                scene = scene_in_split(rng, split, n_min=5, n_max=7)
+            else:
+                scene = scene_in_split(rng, split, n_min=2 if qtype == "spatial" else 1)
             qa = questions(scene, qtype, rng)
             if qa:
                 break
@@ -180,9 +227,15 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0) -> list[Sample]:
             question, answer = qa[int(rng.integers(2))]
         else:
             question, answer = qa[int(rng.integers(len(qa)))]
+        image = render(scene)
+        if clutter is not None:
+            image = add_clutter(image, scene, clutter, np.random.default_rng(
+                [seed, _SPLIT_STREAM[split], i, _CLUTTER_STREAM[clutter]]))
         out.append(Sample(
-            id=f"shapes-{split}-{seed}-{i:05d}", dataset="shapes", image=render(scene),
+            id=f"{dataset}-{split}-{seed}-{i:05d}", dataset=dataset, image=image,
             question=question, answers=(answer,) * 10,
-            extras={"question_type": qtype, "n_objects": len(scene.objects), "scene": scene},
+            extras={"question_type": qtype, "n_objects": len(scene.objects), "scene": scene,
+                    **({"clutter": clutter} if clutter else {})},
+            question_type=qtype,
         ))
     return out

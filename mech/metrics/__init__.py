@@ -44,6 +44,7 @@ SCORERS: dict[str, Mapping[str, Scorer]] = {
     "gqa": _GQA,
     "docvqa": {"official": official.anls, "lmms-eval": lmms.docvqa},
     "shapes": _VQAV2,
+    **{f"shapes-{kind}": _VQAV2 for kind in ("dots", "speckle", "crowd")},
     "easyvqa": _GQA,
 }
 # Datasets whose scorers take exactly one gold answer.
