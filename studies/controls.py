@@ -206,6 +206,31 @@ def prefixed(t: xr.Dataset, prefix: str) -> xr.Dataset:
     return t.rename({"setting": "table_setting"})
 
 
+def markdown(t: xr.Dataset) -> str:
+    """The summary as a Markdown table: percentages, differences in points with their
+    paired bootstrap 95% CIs (``*``: the paired test gives p < 0.05)."""
+    controls = [str(c) for c in t["control"].values]
+
+    def cell(diff, ci, p):
+        lo, hi = (float(v) * 100 for v in ci)
+        return f"{float(diff) * 100:+.1f} [{lo:+.1f}, {hi:+.1f}]{'*' if float(p) < 0.05 else ''}"
+
+    head = ["dataset", "review", "mask at", "ρ", "λ", "baseline", "contrastive", "− baseline", "changed",
+            *[f"− {c}" for c in controls]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in t["row"].values:
+        for setting in t["setting"].values:
+            one = t.sel(row=row, setting=setting)
+            review, mask_at, rho, lam = str(setting).split("|")
+            lines.append("| " + " | ".join([
+                str(row), review.removeprefix("review"), mask_at, rho.removeprefix("rho"), lam.removeprefix("lam"),
+                f"{float(one['baseline_accuracy']) * 100:.1f}", f"{float(one['contrastive_accuracy']) * 100:.1f}",
+                cell(one["gain"], one["gain_ci"].values, one["gain_p_value"]), str(int(one["changed"])),
+                *[cell(one["difference"].sel(control=c), one["difference_ci"].sel(control=c).values,
+                       one["p_value"].sel(control=c)) for c in controls]]) + " |")
+    return "\n".join(lines)
+
+
 def settings_from(args, model, chosen) -> list[dict]:
     axes = lists(args)
     reviews = [chosen.review] if not getattr(args, "reviews", None) else \
@@ -229,6 +254,8 @@ def main(argv=None) -> xr.Dataset:
     parser.add_argument("--candidates", default="all",
                         help="candidate set for the pre-integrated layer: all, shallow or deep (default: all)")
     add_arguments(parser)
+    parser.add_argument("--markdown", type=common.Path, default=None,
+                        help="also write the summary table as Markdown to this file")
     args = common.parse(parser, argv)
     model, samples = common.start(args)
     if args.reviews:
@@ -249,6 +276,10 @@ def main(argv=None) -> xr.Dataset:
     by_type = table(ds, args.seed, by="question_type")
     if by_type.sizes["row"]:
         print(format_table(by_type, "dataset/type"))
+    if args.markdown:
+        from mech.store import atomic_write
+
+        atomic_write(args.markdown, lambda tmp: tmp.write_text(markdown(summary) + "\n"))
     ds = ds.merge(prefixed(summary, "table"))
     if by_type.sizes["row"]:
         ds = ds.merge(prefixed(by_type, "type"))

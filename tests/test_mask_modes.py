@@ -46,10 +46,15 @@ def test_scale_normed_matches_a_norm_output_hook(model, batch, layer):
     weights = soft_weights(batch)
     layers = model.nn._module.model.language_model.layers
     mult = multiplier(batch.inputs["input_ids"], model.image_token_id, weights)
-    ref_logits, _ = run_hooks(model, batch, [normed_hook(layers, layer, mult, batch.seq_len)], new=1)
-    logits = mech_logits(model, batch, mech.ScaleImage(layer=layer, weights=weights, at="normed"))
+    ref_logits, ref_ids = run_hooks(model, batch, [normed_hook(layers, layer, mult, batch.seq_len)])
+    iv = mech.ScaleImage(layer=layer, weights=weights, at="normed")
+    logits = mech_logits(model, batch, iv)
     real = batch.inputs["attention_mask"].bool()
     assert (logits - ref_logits).abs()[real].max() <= TOL
+    with torch.no_grad(), model.generate(batch, max_new_tokens=NEW) as tr:  # prefill only: the image is there
+        mech.apply(model, batch, iv)
+        ids = tr.result.save()
+    assert torch.equal(ids[:, batch.seq_len:], ref_ids)
     assert (logits - mech_logits(model, batch)).abs()[real].max() > 1e-3
     # unlike the residual stream, the normed states are not normalised back: "input" differs
     residual = mech_logits(model, batch, mech.ScaleImage(layer=layer, weights=weights, at="input"))

@@ -30,8 +30,8 @@ def tiny_processor():
     return build_processor(vocabulary(), family="llava-1.5", image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
 
 
-def tiny_config(processor=None) -> LlavaConfig:
-    """LLaVA-1.5 config: CLIP 4x128 (4 heads), Llama 8x128 (4 heads, 2 KV heads)."""
+def tiny_config(processor=None, layers: int = 8) -> LlavaConfig:
+    """LLaVA-1.5 config: CLIP 4x128 (4 heads), Llama ``layers`` x 128 (4 heads, 2 KV heads)."""
     tok = (processor or tiny_processor()).tokenizer
     vision = CLIPVisionConfig(
         hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -39,7 +39,7 @@ def tiny_config(processor=None) -> LlavaConfig:
         projection_dim=128,
     )
     text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=8,
+        vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         rms_norm_eps=1e-5, tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -55,12 +55,12 @@ def tiny_config(processor=None) -> LlavaConfig:
     )
 
 
-def build_model(seed: int = 0, processor=None) -> LlavaForConditionalGeneration:
-    """A freshly initialised tiny LLaVA (deterministic in ``seed``)."""
+def build_model(seed: int = 0, processor=None, layers: int = 8) -> LlavaForConditionalGeneration:
+    """A freshly initialised tiny LLaVA of ``layers`` decoder layers (deterministic in ``seed``)."""
     import torch
 
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(tiny_config(processor))
+    model = LlavaForConditionalGeneration(tiny_config(processor, layers))
     model.generation_config.pad_token_id = model.config.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model

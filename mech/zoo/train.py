@@ -44,6 +44,7 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and the training-data stream")
     ap.add_argument("--out", default=DEFAULT_DIR, help="output folder")
     ap.add_argument("--steps", type=int, default=2400, help="total optimizer steps (both phases)")
+    ap.add_argument("--layers", type=int, default=8, help="decoder layers")
     ap.add_argument("--phase2-share", type=float, default=0.4, help="share of steps in phase 2")
     ap.add_argument("--batch-size", type=int, default=32, help="images per step")
     ap.add_argument("--turns", type=int, default=4, help="question turns per image")
@@ -165,7 +166,7 @@ def train(args) -> dict:
 
     torch.set_num_threads(args.threads)
     processor = tiny_processor()
-    model = build_model(args.seed, processor)
+    model = build_model(args.seed, processor, getattr(args, "layers", 8))
     val = shapes("validation", n=250, seed=args.seed)
     if args.phase3_from:  # the phase-1/2 checkpoint of this same command, saved earlier
         from transformers import LlavaForConditionalGeneration
