@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from . import generation, metrics, stepwise
+from . import generation, metrics, parallel, stepwise
 from . import prompts as prompts_mod
 from . import store as st
 from .interventions import Intervention, apply
@@ -128,7 +128,8 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
     _check_decoder(model, decoder, _as_list(intervention), remote)
     job = _Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
                chunk_size, extras, remote, decoder=decoder, protocol=protocol, model_fingerprint=model_fingerprint)
-    bar = tqdm(total=len(samples), disable=not progress, unit="sample", desc=job.meta["slug"])
+    bar = tqdm(total=len(samples), disable=not progress or not parallel.current().writes_output, unit="sample",
+               desc=job.meta["slug"])
 
     def compute(chunk, todo):
         new = []
@@ -151,7 +152,15 @@ def _drive(jobs: dict, compute: Callable, bar) -> None:
     Chunks another process is computing (its lock is held) are passed over and taken up
     at the end: by then they are usually finished and only read; if their holder died,
     the lock is free again and they are computed here.
+
+    Among torchrun ranks or shards (`mech.parallel`), this process computes only the chunks
+    it owns; ranks then meet at a barrier and read the others', so each ends with the
+    whole result; a shard that lacks others' chunks stops with `mech.parallel.ShardDone`.
     """
+    share = parallel.current()
+    if any(job.store is None for job in jobs.values()):
+        share = parallel.Share()  # nothing to share through: every process does it all
+
     def finish(index, chunk, fingerprints, wait: bool) -> bool:
         todo = [name for name, job in jobs.items() if not job.take_stored(index, chunk, fingerprints[name], bar)]
         if not todo:
@@ -167,14 +176,34 @@ def _drive(jobs: dict, compute: Callable, bar) -> None:
                     jobs[name].save(index, fingerprints[name], new[name])
         return True
 
-    later = []
+    def stored(index, chunk, fingerprints) -> bool:
+        return all([job.take_stored(index, chunk, fingerprints[name], bar) for name, job in jobs.items()])
+
+    later, theirs = [], []
     for parts in zip(*(job.chunks() for job in jobs.values())):
         index, chunk = parts[0][0], parts[0][1]
         fingerprints = {name: part[2] for name, part in zip(jobs, parts)}
-        if not finish(index, chunk, fingerprints, wait=False):
+        if not share.owns(index):
+            if not stored(index, chunk, fingerprints):
+                theirs.append((index, chunk, fingerprints))
+        elif not finish(index, chunk, fingerprints, wait=False):
             later.append((index, chunk, fingerprints))
     for index, chunk, fingerprints in later:
         finish(index, chunk, fingerprints, wait=True)
+    if share.count == 1:
+        return
+    names = ", ".join(job.meta["slug"] for job in jobs.values())
+    if not share.group:
+        if theirs:
+            raise parallel.ShardDone(f"{share} finished its chunks of {names}; {len(theirs)} chunk(s) of other "
+                                     "shards are not there yet")
+        return
+    parallel.barrier()
+    for index, chunk, fingerprints in theirs:
+        if not stored(index, chunk, fingerprints):
+            raise RuntimeError(f"chunk {index} of {names} is missing after every rank finished: rank "
+                               f"{parallel.rank_of(index, share)} stopped before writing it; rerun the same "
+                               "command to finish it (finished chunks are reused)")
 
 
 class _Job:
@@ -225,7 +254,9 @@ class _Job:
             self._chunks.append((chunk, {**base, "samples": {"ids": [s.id for s in chunk],
                                                              "digest": st.sample_digest(chunk, texts)}}))
         if store is not None:
-            store.write_manifest(meta, base, [s.id for s in samples], [f for _, f in self._chunks])
+            parallel.agree(st.digest(base), f"run {meta['slug']}")
+            if parallel.current().main:
+                store.write_manifest(meta, base, [s.id for s in samples], [f for _, f in self._chunks])
         self.parts: dict[int, list[Record]] = {}
         self.computed, self.reused, self.rejected = [], [], {}
 
@@ -265,7 +296,8 @@ class _Job:
         if self.store is not None:
             self.store.save(fingerprint, [asdict(r) for r in new],
                             {"device": self.meta["device"], "versions": self.meta["versions"],
-                             "protocol": self.protocol, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                             "protocol": self.protocol, "written_by": str(parallel.current()),
+                             "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self.parts[index] = new
         self.computed.append(index)
 
@@ -362,7 +394,7 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
                        model_fingerprint=fingerprint)
             for name, iv in named.items()}
     first = next(iter(jobs.values()))
-    bar = tqdm(total=len(samples) * len(jobs), disable=not progress, unit="run-sample",
+    bar = tqdm(total=len(samples) * len(jobs), disable=not progress or not parallel.current().writes_output, unit="run-sample",
                desc=f"zero-mask sweep ({len(jobs)} runs{', shared image rows' if shared else ''})")
 
     def compute(chunk, todo):

@@ -131,6 +131,7 @@ def dola_histogram(model, samples_by_dataset, dola, out, **run_options) -> xr.Da
 
 
 def main(argv=None) -> xr.Dataset:
+    import mech
     from mech import plots
 
     parser = common.parser("baselines", __doc__)
@@ -151,10 +152,11 @@ def main(argv=None) -> xr.Dataset:
         dola=repr(named["dola"]), dola_candidates=list(named["dola"].candidates(model)),
         vicrop=repr(named["vicrop"]), vicrop_layer=named["vicrop"].attention_layer(model),
         contrastive=repr(named["contrastive"]), **chosen.attrs()))
-    path = common.write_dataset(ds, args.out, "baselines")
-    figures = common.write_figure(plots.baselines(ds), args.out, "baselines")
     print(format_table(t))
-    print(f"wrote {path} and {', '.join(map(str, figures))}")
+    if mech.parallel.current().writes:
+        path = common.write_dataset(ds, args.out, "baselines")
+        figures = common.write_figure(plots.baselines(ds), args.out, "baselines")
+        print(f"wrote {path} and {', '.join(map(str, figures))}")
     return ds
 
 

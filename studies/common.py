@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -65,6 +66,11 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="samples per chunk file, a multiple of --batch-size: a killed run loses at most one "
                         "chunk's work (default: the smallest multiple of the batch size >= 64)")
     p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: 0)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="compute only shard I of N (chunks k with k %% N == I) and stop where the others' chunks "
+                        "are needed: for SLURM arrays or machines sharing a filesystem; afterwards the command "
+                        "without --shard reuses everything and writes the datasets (under torchrun the ranks "
+                        "share the work by themselves)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -77,12 +83,29 @@ CURRENT: dict[str, Any] = {}  # the running study's name and args, for the inter
 
 
 def parse(parser: argparse.ArgumentParser, argv=None):
-    """Parse ``argv`` (default: the command line) and remember it for the provenance."""
+    """Parse ``argv`` (default: the command line) and remember it for the provenance.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this joins the process group; with ``--shard I/N``
+    this process becomes one shard (`mech.parallel`). Only rank 0 prints."""
+    from mech import parallel
+
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     args.argv = argv
     args.study = parser.prog.rsplit(".", 1)[-1]
     CURRENT.update(study=args.study, args=args)
+    if args.shard is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError(f"--shard {args.shard}: torchrun already shares the work among its ranks; drop --shard")
+        try:
+            parallel.set_shard(parallel.parse_shard(args.shard))
+        except ValueError as error:
+            raise UsageError(f"--shard {args.shard}: {str(error).split(': ', 1)[1]}") from None
+    else:
+        parallel.set_shard(None)
+    share = parallel.init()
+    if share.group and not share.main:
+        sys.stdout = open(os.devnull, "w")  # rank 0 speaks for the group
     return args
 
 
@@ -107,6 +130,10 @@ def cli(main) -> None:
     except mech.WriteError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(1)
+    except mech.parallel.ShardDone as error:
+        print(f"{prog}: {error}. When every shard is done, rerun this command for the next phase, or the "
+              "command without --shard to finish: it reuses every chunk and writes the datasets.", file=sys.stderr)
+        sys.exit(0)
     except KeyboardInterrupt:
         args = CURRENT.get("args")
         out = getattr(args, "out", DEFAULT_OUT)
@@ -232,7 +259,9 @@ def load_model(args):
             from mech.remote import require_served
 
             require_served(args.model, args.revision)
-        return mech.load(args.model, revision=args.revision, dispatch=args.remote != "ndif")
+        device = mech.parallel.device()
+        return mech.load(args.model, revision=args.revision, dispatch=args.remote != "ndif",
+                         **({"device_map": device} if device else {}))
     except (ValueError, OSError, ImportError) as error:
         raise UsageError(f"--model {args.model}: {error}") from None
 
@@ -297,6 +326,7 @@ def provenance(args, model, **extra) -> dict[str, Any]:
         "protocol": args.protocol,
         "scorers": json.dumps({n: mech.metrics.describe(n, args.protocol) for n in names}),
         "remote": args.remote or "no",
+        "world_size": mech.parallel.current().count if mech.parallel.current().group else 1,
         "command": f"python -m studies.{getattr(args, 'study', '?')} {shlex.join(getattr(args, 'argv', []))}".strip(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": json.dumps({"mech": getattr(mech, "__version__", "0.1.0"), "torch": torch.__version__,
@@ -311,17 +341,24 @@ def provenance(args, model, **extra) -> dict[str, Any]:
 
 def write_dataset(ds: xr.Dataset, out: Path, name: str) -> Path:
     """``<out>/<name>.nc``, written atomically (unique temporary file; see
-    `mech.store.atomic_write`): a killed or failing write leaves the old file or none."""
+    `mech.store.atomic_write`): a killed or failing write leaves the old file or none.
+    Among torchrun ranks only rank 0 writes."""
+    from mech import parallel
     from mech.store import atomic_write
 
+    if not parallel.current().writes:
+        return out / f"{name}.nc"
     return atomic_write(out / f"{name}.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def write_figure(fig, out: Path, name: str) -> list[Path]:
     import matplotlib.pyplot as plt
+    from mech import parallel
     from mech.store import atomic_write
 
     try:
+        if not parallel.current().writes:
+            return [out / f"{name}.png", out / f"{name}.pdf"]
         return [atomic_write(out / f"{name}.{kind}", lambda tmp, kind=kind: fig.savefig(
             tmp, format=kind, bbox_inches="tight", **({"dpi": 150} if kind == "png" else {})))
             for kind in ("png", "pdf")]
@@ -331,8 +368,13 @@ def write_figure(fig, out: Path, name: str) -> list[Path]:
 
 def finish(ds: xr.Dataset, args, model, study: str, figure, **attrs) -> xr.Dataset:
     """Stamp provenance into ``ds.attrs``, write ``<out>/<study>.nc`` and its figure
-    (drawn by ``figure(ds)``), and say where they went."""
+    (drawn by ``figure(ds)``), and say where they went (a shard writes nothing)."""
+    from mech import parallel
+
     ds.attrs.update(provenance(args, model, study=study, **attrs))
+    if not parallel.current().writes:
+        print(f"{parallel.current()}: every chunk is done; {study}.nc is written by the command without --shard")
+        return ds
     path = write_dataset(ds, args.out, study)
     figures = write_figure(figure(ds), args.out, study)
     print(f"wrote {path} and {', '.join(map(str, figures))}")
