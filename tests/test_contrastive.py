@@ -7,7 +7,7 @@ from scipy.spatial.distance import euclidean
 
 import mech
 from mech import contrastive as con
-from reference import eager_image_attention, hooks, multiplier, scale_hook
+from reference import eager_image_attention, hooks, multiplier, normed_hook, scale_hook
 from tiny_models import QUESTIONS, random_images
 from conftest import SIZES
 
@@ -51,8 +51,9 @@ def test_select_pre_layer_is_argmax_of_distance():
         assert torch.equal(pre[b], cand[b, int(np.argmax(d))])
 
 
-def hand_written_contrastive(models, questions, images, review, post, candidates, rho, lam):
-    """One sample at a time: eager output_attentions, scipy Hellinger, numpy quantile, a hook."""
+def hand_written_contrastive(models, questions, images, review, post, candidates, rho, lam, mask_at="normed"):
+    """One sample at a time: eager output_attentions, scipy Hellinger, numpy quantile, a hook
+    (on the review layer's input, or on its input RMSNorm's output)."""
     eager = models["eager"]
     module = eager.nn._module
     layers = module.model.language_model.layers
@@ -68,24 +69,28 @@ def hand_written_contrastive(models, questions, images, review, post, candidates
         threshold = np.quantile(scores, rho)
         weights = np.where(scores < threshold, lam, 1.0)
         mult = multiplier(single.inputs["input_ids"], eager.image_token_id, torch.tensor(weights)[None])
-        with hooks(scale_hook(layers, review, "input", mult, single.seq_len)), torch.no_grad():
+        hook = scale_hook(layers, review, "input", mult, single.seq_len) if mask_at == "input" else \
+            normed_hook(layers, review, mult, single.seq_len)
+        with hooks(hook), torch.no_grad():
             logits = module(**single.inputs).logits[0, -1]
         out.append(dict(pre_layer=pre_layer, scores=scores, weights=weights, logits=logits))
     return out
 
 
-@pytest.mark.parametrize("candidates,rho,lam", [("all", 0.2, 0.1), ([0, 1], 0.5, 0.0), ("shallow", 0.9, 0.3)])
-def test_contrastive_mask_matches_per_sample_loop(models, candidates, rho, lam):
+@pytest.mark.parametrize("candidates,rho,lam,mask_at", [("all", 0.2, 0.1, "normed"), ([0, 1], 0.5, 0.0, "normed"),
+                                                      ("shallow", 0.9, 0.3, "normed"), ("all", 0.5, 0.1, "input")])
+def test_contrastive_mask_matches_per_sample_loop(models, candidates, rho, lam, mask_at):
     model = models["sdpa"]
     images = random_images(3, sizes=SIZES)
     batch = model.prepare(questions=QUESTIONS, images=images)
     review, post = 3, 2
-    intervention = mech.ContrastiveMask(review=review, post=post, candidates=candidates, rho=rho, lam=lam)
+    intervention = mech.ContrastiveMask(review=review, post=post, candidates=candidates, rho=rho, lam=lam,
+                                        mask_at=mask_at)
     with torch.no_grad(), model.trace(batch):
         result = intervention.apply(model, batch)
         logits = model.logits[:, -1].save()
     layer_list = list(con.candidate_layers(candidates, model.n_layers, post))
-    expected = hand_written_contrastive(models, QUESTIONS, images, review, post, layer_list, rho, lam)
+    expected = hand_written_contrastive(models, QUESTIONS, images, review, post, layer_list, rho, lam, mask_at)
     for b, exp in enumerate(expected):
         n = len(exp["scores"])
         assert result["pre_layer"][b].item() == exp["pre_layer"]

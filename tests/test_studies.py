@@ -56,7 +56,7 @@ def test_review_layer_writes_everything(checkpoint, out, capsys):
     assert list(ds["control"].values) == ["random"]
     assert int(ds["controls_changed"].sel(controls_row="shapes").item()) >= 0
     common_attrs_ok(ds, "review_layer")
-    assert ds.attrs["rho"] == 0.2 and ds.attrs["lam"] == 0.1 and ds.attrs["mask_at"] == "input"
+    assert ds.attrs["rho"] == 0.2 and ds.attrs["lam"] == 0.1 and ds.attrs["mask_at"] == "normed"
     by_type = json.loads(ds.attrs["discovery_by_question_type"])
     assert set(by_type) <= {"color", "shape", "count", "exist", "spatial"}
 
