@@ -140,6 +140,7 @@ def _card_text(args, result, m, n_params, size_mb) -> str:
         batch_size=args.batch_size, turns=args.turns, lr=args.lr, lr2=args.lr2,
         p1=1 - args.phase2_share, p2=args.phase2_share, p3=getattr(args, "phase3_steps", 0),
         lr3=getattr(args, "lr3", 0.0), aux=getattr(args, "aux_weight", 0), out=args.out,
+        layers=result["model"].config.text_config.num_hidden_layers,
     )
 
 

@@ -22,7 +22,7 @@ prompt = "USER: <image>\\nwhat color is the circle? ASSISTANT:"
 | vision tower | CLIP ViT: 64x64 image, patch 8 (8x8 = 64 patches + CLS), hidden 128, 4 layers, 4 heads, MLP 512, quick_gelu |
 | feature selection | `vision_feature_layer=-2` (penultimate layer), `vision_feature_select_strategy="default"` (CLS dropped) -> 64 image tokens |
 | projector | LLaVA-1.5 MLP: Linear 128->128, GELU, Linear 128->128 |
-| decoder | Llama: hidden 128, 8 layers, 4 heads, 2 KV heads (GQA), MLP 512 (SiLU-gated), RoPE, untied lm_head |
+| decoder | Llama: hidden 128, {layers} layers, 4 heads, 2 KV heads (GQA), MLP 512 (SiLU-gated), RoPE, untied lm_head |
 | tokenizer | word level, lower-casing, {vocab_size} tokens (specials, template words, `mech.datasets.shapes.VOCABULARY`); `<image>` expanded to 64 tokens by `LlavaProcessor` |
 | image processor | `CLIPImageProcessor` (resize/crop 64, CLIP mean/std) |
 | prompt | `USER: <image>\\n{{question}} ASSISTANT:` -> `{{answer}}</s>` |
@@ -92,7 +92,7 @@ text (the best a model that ignores the image can do); chance: uniform over the 
 ## Retrain exactly
 
 ```bash
-python -m mech.zoo.train --seed {seed} --out {out} --steps {steps} --phase3-steps {p3} --threads {threads}
+python -m mech.zoo.train --seed {seed} --out {out} --layers {layers} --steps {steps} --phase3-steps {p3} --threads {threads}
 ```
 
 (all other flags at their defaults; `--help` lists them). The shipped checkpoint was made in
@@ -103,4 +103,11 @@ Phases 1-2 ran on the code just before phase 3 was factored out of `train()` int
 the same data stream and initial weights; floating-point summation order can still differ
 across machines, so expect accuracy within ~2 points rather than bit-identical weights.
 `python -m mech.zoo.card --out {out}` re-evaluates a checkpoint and rewrites this card.
+
+## Contrastive attention on this model
+
+`python -m studies.controls --model {out} --datasets shapes,shapes-dots,shapes-speckle,shapes-crowd
+--reviews ... --rho 0.2,0.5,0.8 --lam 0.1,0 --mask-at input,normed,attention --markdown {out}/controls.md`
+measures contrastive attention against its controls on this checkpoint (see the README's
+"Where the mask acts, and controls"); `controls.md` holds the last such table.
 """
