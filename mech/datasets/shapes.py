@@ -39,6 +39,10 @@ COLORS = {
 COUNT_WORDS = ("1", "2", "3", "4")
 RELATIONS = ("left", "right")
 QUESTION_TYPES = ("color", "shape", "count", "exist", "spatial")
+# Types a model can be trained and tested on besides the default five (``types=``):
+# "relcolor" asks the colour of the one object left/right of a shape, "what color is left
+# of the circle?": a second hop after locating the reference object.
+EXTRA_TYPES = ("relcolor",)
 SPLITS = ("train", "validation", "test")
 _BUCKETS = {"train": range(0, 8), "validation": range(8, 9), "test": range(9, 10)}
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
@@ -131,7 +135,7 @@ def questions(scene: Scene, qtype: str, rng: np.random.Generator | None = None) 
         pool = near if near and rng.random() < 0.75 else absent
         neg = pool[rng.integers(len(pool))]
         return [(f"is there a {pos[0]} {pos[1]}?", "yes"), (f"is there a {neg[0]} {neg[1]}?", "no")]
-    if qtype == "spatial":
+    if qtype in ("spatial", "relcolor"):
         out = []
         for ref in objs:
             if shapes.count(ref.shape) != 1:
@@ -139,7 +143,8 @@ def questions(scene: Scene, qtype: str, rng: np.random.Generator | None = None) 
             for rel in RELATIONS:
                 hits = [o for o in objs if o is not ref and (o.col < ref.col if rel == "left" else o.col > ref.col)]
                 if len(hits) == 1:
-                    out.append((f"what is {rel} of the {ref.shape}?", hits[0].shape))
+                    out.append((f"what is {rel} of the {ref.shape}?", hits[0].shape) if qtype == "spatial"
+                               else (f"what color is {rel} of the {ref.shape}?", hits[0].color))
         return out
     raise ValueError(f"unknown question type {qtype!r}")
 
@@ -193,12 +198,15 @@ def add_clutter(image: Image.Image, scene: Scene, kind: str, rng: np.random.Gene
     return image
 
 
-def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None = None) -> list[Sample]:
+def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None = None,
+           types: tuple[str, ...] = QUESTION_TYPES) -> list[Sample]:
     """``n`` shapes-VQA samples of ``split``, question types cycling through
     ``QUESTION_TYPES`` (equal shares), deterministic in ``(split, n, seed)`` prefix-wise:
     ``shapes(s, 10)`` is the first 10 of ``shapes(s, 100)``. ``extras`` holds
     ``n_objects`` and the ``scene`` (objects with their grid cells; with the tiny model's
     8-px patches, cell (row, col) covers image tokens ``16 * row + 2 * col + {0, 1, 8, 9}``).
+
+    ``types``: the question types to cycle through (`QUESTION_TYPES` and `EXTRA_TYPES`).
 
     ``clutter`` (`CLUTTER`): out-of-distribution test scenes with distractors, dataset
     ``"shapes-<kind>"``. ``"dots"`` and ``"speckle"`` are the clean set's scenes and
@@ -210,7 +218,10 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None
     rng = split_rng(split, seed)
     if clutter == "crowd":
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split], 0x5A11E5, _CLUTTER_STREAM["crowd"]])
-    types = [t for t in QUESTION_TYPES if t != "count"] if clutter == "crowd" else QUESTION_TYPES
+    unknown = [t for t in types if t not in QUESTION_TYPES + EXTRA_TYPES]
+    if unknown:
+        raise ValueError(f"question types {unknown} are not known; use {QUESTION_TYPES + EXTRA_TYPES}")
+    types = [t for t in types if t != "count"] if clutter == "crowd" else list(types)
     dataset = "shapes" if clutter is None else f"shapes-{clutter}"
     out = []
     for i in range(n):
@@ -219,7 +230,7 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None
             if clutter == "crowd":
                 scene = scene_in_split(rng, split, n_min=5, n_max=7)
             else:
-                scene = scene_in_split(rng, split, n_min=2 if qtype == "spatial" else 1)
+                scene = scene_in_split(rng, split, n_min=2 if qtype in ("spatial", "relcolor") else 1)
             qa = questions(scene, qtype, rng)
             if qa:
                 break

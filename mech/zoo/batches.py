@@ -54,9 +54,11 @@ class Batcher:
     object in the grid cell under each of the P image patches (row-major).
     """
 
-    def __init__(self, tokenizer, seed: int, n_image_tokens: int, max_exist: int | None = None):
+    def __init__(self, tokenizer, seed: int, n_image_tokens: int, max_exist: int | None = None,
+                 types: tuple[str, ...] = QUESTION_TYPES):
         self.tok = tokenizer
         self.max_exist = max_exist
+        self.types = tuple(types)
         self.rng = split_rng("train", seed)
         self.image = [tokenizer.convert_tokens_to_ids("<image>")] * n_image_tokens
         side = int(round(n_image_tokens ** 0.5))
@@ -72,10 +74,10 @@ class Batcher:
 
     def turns(self, scene: Scene, k: int) -> list[tuple[str, str]]:
         """Up to ``k`` distinct questions, types drawn evenly among those the scene allows."""
-        pool = {t: questions(scene, t, self.rng) for t in QUESTION_TYPES}
+        pool = {t: questions(scene, t, self.rng) for t in self.types}
         out = []
         while len(out) < k:
-            types = [t for t in QUESTION_TYPES if pool[t]]
+            types = [t for t in self.types if pool[t]]
             if not types:
                 break
             qtype = types[self.rng.integers(len(types))]

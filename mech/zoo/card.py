@@ -15,18 +15,18 @@ from ..datasets.shapes import COLORS, QUESTION_TYPES, SHAPES
 from .evaluate import accuracy_by_type, predict
 
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / 4, "exist": 1 / 2,
-          "spatial": 1 / len(SHAPES)}
+          "spatial": 1 / len(SHAPES), "relcolor": 1 / len(COLORS)}
 TEST_SEED = 0
 
 
-def measure(model, processor, n_test: int) -> dict:
+def measure(model, processor, n_test: int, types=QUESTION_TYPES) -> dict:
     """Greedy-generation accuracy on ``shapes("test", n_test, seed=0)``, with and without
     the image tokens zeroed at decoder layer 0, next to the text-only prior (fitted on 5000
     training samples) and uniform chance."""
     from ..datasets import shapes
 
-    test = shapes("test", n=n_test, seed=TEST_SEED)
-    fit = shapes("train", n=5000, seed=TEST_SEED)
+    test = shapes("test", n=n_test, seed=TEST_SEED, types=types)
+    fit = shapes("train", n=5000, seed=TEST_SEED, types=types)
     table = _text_prior(fit, test)
     return dict(
         n_test=n_test, test_seed=TEST_SEED,
@@ -73,14 +73,17 @@ def plot(log: list[dict], path: Path) -> None:
 
 def write_card(args, result) -> dict:
     model, processor, out = result["model"], result["processor"], Path(args.out)
-    metrics = measure(model, processor, args.n_test)
+    from .train import question_types
+
+    types = question_types(args)
+    metrics = measure(model, processor, args.n_test, types)
     metrics["train_minutes"] = result["minutes"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     plot(result["log"], out / "training_curve.png")
     n_params = sum(p.numel() for p in model.parameters())
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    text = _card_text(args, result, metrics, n_params, size_mb)
-    text += LAYER_SECTION.format(n_test=args.n_test, table=layer_curve(out, args.n_test))
+    text = _card_text(args, result, metrics, n_params, size_mb, types)
+    text += LAYER_SECTION.format(n_test=args.n_test, table=layer_curve(out, args.n_test, types))
     (out / "README.md").write_text(text)
     return metrics
 
@@ -97,7 +100,7 @@ draws it with bootstrap CIs.
 """
 
 
-def layer_curve(out, n_test: int) -> str:
+def layer_curve(out, n_test: int, types=QUESTION_TYPES) -> str:
     """Markdown: test accuracy per question type with the image tokens zeroed at the input
     of each decoder layer, measured with mech itself (``mech.load``, the runner,
     ``mech.ZeroImage``, the VQA metric), i.e. what ``python -m studies.layer_masking`` runs."""
@@ -107,10 +110,10 @@ def layer_curve(out, n_test: int) -> str:
     from ..datasets import shapes
 
     model = mech.load(str(out))
-    test = shapes("test", n=n_test, seed=TEST_SEED)
+    test = shapes("test", n=n_test, seed=TEST_SEED, types=types)
     named = {"none": None, **{f"zero-layer{l}": mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
     runs = mech.sweep(model, test, named, fast=True, batch_size=50, max_new_tokens=3, progress=False)
-    types = [*QUESTION_TYPES, "overall"]
+    types = [*types, "overall"]
     lines = ["| image tokens zeroed at | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
     for name, results in runs.items():
         hits = defaultdict(list)
@@ -127,10 +130,10 @@ def _row(name, m, t):
             f"{m['text_prior'][t]:.1%} | " + (f"{m['chance'][t]:.1%} |" if t in m["chance"] else "– |"))
 
 
-def _card_text(args, result, m, n_params, size_mb) -> str:
+def _card_text(args, result, m, n_params, size_mb, types=QUESTION_TYPES) -> str:
     from .card_text import TEMPLATE
 
-    rows = "\n".join(_row(t, m, t) for t in QUESTION_TYPES) + "\n" + _row("**overall**", m, "overall")
+    rows = "\n".join(_row(t, m, t) for t in types) + "\n" + _row("**overall**", m, "overall")
     log = result["log"]
     curve = "\n".join(f"| {e['step']} | {e['minutes']:.1f} | {e['stage']} | {e['loss']:.3f} | "
                       f"{e['val']['overall']:.1%} |" for e in log)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..datasets.shapes import EXTRA_TYPES, QUESTION_TYPES
 from .batches import Batcher, Stage
 from .tiny import DEFAULT_DIR, build_model, tiny_processor
 
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=DEFAULT_DIR, help="output folder")
     ap.add_argument("--steps", type=int, default=2400, help="total optimizer steps (both phases)")
     ap.add_argument("--layers", type=int, default=8, help="decoder layers")
+    ap.add_argument("--types", default=",".join(QUESTION_TYPES),
+                    help=f"comma-separated question types to train on ({', '.join(QUESTION_TYPES + EXTRA_TYPES)})")
     ap.add_argument("--phase2-share", type=float, default=0.4, help="share of steps in phase 2")
     ap.add_argument("--batch-size", type=int, default=32, help="images per step")
     ap.add_argument("--turns", type=int, default=4, help="question turns per image")
@@ -160,6 +163,11 @@ def fit(model, processor, plan, batcher, val, args, probe_seed=None):
     return log, (time.time() - t0) / 60
 
 
+def question_types(args) -> tuple[str, ...]:
+    """The ``--types`` of a training run (saved runs before the option: the default five)."""
+    return tuple(t.strip() for t in getattr(args, "types", ",".join(QUESTION_TYPES)).split(",") if t.strip())
+
+
 def train(args) -> dict:
     """Phases 1-2 (or load them from ``--phase3-from``), then phase 3; saves to ``--out``."""
     from ..datasets import shapes
@@ -167,7 +175,8 @@ def train(args) -> dict:
     torch.set_num_threads(args.threads)
     processor = tiny_processor()
     model = build_model(args.seed, processor, getattr(args, "layers", 8))
-    val = shapes("validation", n=250, seed=args.seed)
+    types = question_types(args)
+    val = shapes("validation", n=250, seed=args.seed, types=types)
     if args.phase3_from:  # the phase-1/2 checkpoint of this same command, saved earlier
         from transformers import LlavaForConditionalGeneration
 
@@ -175,13 +184,13 @@ def train(args) -> dict:
         saved = json.loads((Path(args.phase3_from) / "training_log.json").read_text())
         log, minutes = saved["log"], saved["train_minutes"]
     else:
-        batcher = Batcher(processor.tokenizer, args.seed, model.config.image_seq_length)
+        batcher = Batcher(processor.tokenizer, args.seed, model.config.image_seq_length, types=types)
         plan = schedule(args.steps, args.phase2_share, args.lr, args.lr2)
         log, minutes = fit(model, processor, plan, batcher, val, args)
     if args.phase3_steps:
         # fresh optimizer and data stream; one existence question per image, since a second
         # one in the same dialogue is always the opposite answer (a text shortcut)
-        batcher = Batcher(processor.tokenizer, args.seed + 1, model.config.image_seq_length, max_exist=1)
+        batcher = Batcher(processor.tokenizer, args.seed + 1, model.config.image_seq_length, max_exist=1, types=types)
         plan = [(FINAL, lr_at(i, args.phase3_steps, args.lr3, 50)) for i in range(args.phase3_steps)]
         log3, minutes3 = fit(model, processor, plan, batcher, val, args, probe_seed=args.seed + 1)
         n = args.steps if not log else log[-1]["step"] + 1
