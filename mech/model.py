@@ -138,11 +138,11 @@ class Model:
         self.nn = nn
         self.family = family_of(nn._module)
         self.config = nn._module.config
-        self.processor = getattr(nn, "processor", None)
+        self.processor = left_padded(getattr(nn, "processor", None))
+        if self.processor is not None and hasattr(nn, "processor"):
+            nn.processor, nn.tokenizer = self.processor, self.processor.tokenizer
         self.prompt_template = templates.resolve(self.processor, template)
         self.template = self.prompt_template.text
-        if self.processor is not None:
-            self.processor.tokenizer.padding_side = "left"  # last prompt token at -1 in every row
         self.source = source
         self.revision = revision
 
@@ -287,9 +287,22 @@ class Model:
                 f"attention={self.config._attn_implementation})")
 
 
+def left_padded(processor):
+    """A copy of ``processor`` whose tokenizer pads on the left (the last prompt token at
+    position -1 in every row); the caller's processor and tokenizer are left as they were."""
+    import copy
+
+    if processor is None or getattr(processor.tokenizer, "padding_side", "left") == "left":
+        return processor
+    processor = copy.copy(processor)
+    processor.tokenizer = copy.copy(processor.tokenizer)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
 def load(source: Any = "tiny", *, processor=None, template: str | None = None,
          revision: str | None = None, dtype: torch.dtype | str | None = None,
-         attn_implementation: str = "sdpa", device_map: str | None = None, dispatch: bool = True,
+         attn_implementation: str | None = None, device_map: str | None = None, dispatch: bool = True,
          **kwargs) -> Model:
     """Load a LLaVA model into nnsight.
 
@@ -304,8 +317,9 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
             chat template (lmms-eval's vicuna fallback when there is none).
         revision: hub revision to pin.
         dtype, device_map: passed to ``from_pretrained``.
-        attn_implementation: ``"sdpa"`` (default; attention capture never needs eager) or
-            ``"eager"``.
+        attn_implementation: ``"sdpa"`` (the default for checkpoints; attention capture
+            never needs eager) or ``"eager"``; for an already-built module it is set on
+            the module when given, and the module's own is kept otherwise.
         dispatch: load real weights now (``False`` keeps a meta model, enough for
             ``remote=True`` runs on NDIF).
     """
@@ -313,13 +327,15 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
 
     if isinstance(source, torch.nn.Module):
         family_of(source)
+        if attn_implementation is not None:
+            source.set_attn_implementation(attn_implementation)
         if processor is None:
             # Structure only (e.g. a meta-device 7B): layers, paths and traces of
             # ready-made inputs work; prepare and generate need a processor.
             from nnsight import NNsight
 
             return Model(NNsight(source), template=template, source=type(source).__name__)
-        processor.tokenizer.padding_side = "left"
+        processor = left_padded(processor)
         nn = TransformersModel(source, task="image-text-to-text", processor=processor,
                                tokenizer=processor.tokenizer)
         return Model(nn, template=template, source=type(source).__name__)
@@ -333,7 +349,7 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
         target = str(TINY_PATH)
     else:
         target = resolve_source(name, revision)
-    options = dict(kwargs, attn_implementation=attn_implementation)
+    options = dict(kwargs, attn_implementation=attn_implementation or "sdpa")
     if revision is not None:
         options["revision"] = revision
     if dtype is not None:

@@ -68,3 +68,37 @@ def test_template_is_part_of_the_chunk_fingerprint():
     without = model_fingerprint(mech.load(module, processor=processor))
     assert with_chat["template"] != without["template"]
     assert without["template_source"] == "lmms-eval vicuna fallback"
+
+
+def test_load_leaves_the_callers_processor_alone():
+    module, processor = random_llava(layers=1)
+    processor.tokenizer.padding_side = "right"
+    model = mech.load(module, processor=processor)
+    assert processor.tokenizer.padding_side == "right"          # the caller's object is untouched
+    assert model.processor.tokenizer.padding_side == "left"     # mech's copy pads left
+    batch = model.prepare(questions=["what?", "what color is the circle?"], images=[Image.new("RGB", (40, 40))] * 2)
+    assert bool(batch.inputs["attention_mask"][:, -1].all())    # last prompt token at -1 in every row
+
+
+def test_attn_implementation_is_honoured_for_a_built_module():
+    module, processor = random_llava(layers=2)
+    assert module.config._attn_implementation == "sdpa"
+    model = mech.load(module, processor=processor, attn_implementation="eager")
+    assert model.config._attn_implementation == "eager"
+    batch = model.prepare(questions=["what?"], images=[Image.new("RGB", (40, 40))])
+    import torch
+
+    with torch.no_grad(), model.trace(batch):
+        captured = mech.CaptureImageAttention(layers=[1], method="eager").apply(model, batch)
+    assert torch.allclose(captured[1].sum(-1), torch.ones(1))
+    kept = mech.load(module, processor=processor)                # not given: the module's own is kept
+    assert kept.config._attn_implementation == "eager"
+
+
+def test_offline_models_and_processors_are_public():
+    from mech.zoo import build_processor, random_llava as public_random
+
+    for family in ("llava-1.5", "llava-next"):
+        module, processor = public_random(family, layers=1)
+        assert mech.load(module, processor=processor).family.name == family
+    assert build_processor(["red"], family="llava-next").chat_template
