@@ -18,6 +18,7 @@ from .runner import ContextWarning, Decoder, Record, Results, run, slug, sweep
 from .dola import DoLa
 from .vicrop import ViCrop
 from .store import ChunkWarning, WriteError
+from .shared_rows import ImageRowTemplates
 from .zero_sweep import zero_mask_sweep
 
 # Intervention code runs inside traces; on an NDIF server mech is not installed, so
@@ -28,4 +29,4 @@ __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "Scal
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
            "Results", "ChunkWarning", "ContextWarning", "WriteError", "remote", "__version__", "Decoder", "DoLa", "ViCrop",
-           "zero_mask_sweep", "generation", "metrics", "prompts", "templates", "parallel", "stepwise"]
+           "zero_mask_sweep", "ImageRowTemplates", "generation", "metrics", "prompts", "templates", "parallel", "stepwise"]

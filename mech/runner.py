@@ -236,7 +236,8 @@ class _Job:
         if decoder is not None:  # absent otherwise, so chunks written before decoders still match
             base["decoder"] = st.canonical(decoder)
         if shared_image_rows:  # other arithmetic (see mech.shared_rows): its own chunks
-            base["generation"]["image_rows"] = "shared"
+            # "template": rows from the run-level unpadded template, not a batch's padded row
+            base["generation"]["image_rows"] = "shared-template"
         self.meta = meta = {
             "model": model.source, "revision": model.revision, "family": model.family.name,
             "intervention": st.dumps(base["intervention"]),
@@ -394,6 +395,11 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
                        model_fingerprint=fingerprint)
             for name, iv in named.items()}
     first = next(iter(jobs.values()))
+    templates = None
+    if shared:  # one for the run: every batch after the first reuses the zeroed image rows
+        from .shared_rows import ImageRowTemplates
+
+        templates = ImageRowTemplates(model)
     bar = tqdm(total=len(samples) * len(jobs), disable=not progress or not parallel.current().writes_output, unit="run-sample",
                desc=f"zero-mask sweep ({len(jobs)} runs{', shared image rows' if shared else ''})")
 
@@ -406,7 +412,7 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
             _warn_context(model, part, batch, first.batch_cap(part))
             times: dict = {}
             ids = zero_mask_sweep(model, batch, layers, first.batch_cap(part), baseline=True, times=times,
-                                  share_image_rows=shared)
+                                  share_image_rows=shared, templates=templates)
             for name in todo:
                 key = layer_of[name]
                 new[name] += first.records(part, ids[key][:, batch.seq_len:], times[key], [dict() for _ in part],
@@ -418,6 +424,10 @@ def _zero_mask_sweep(model, samples, named, folders, *, shared: bool = False, ba
         _drive(jobs, compute, bar)
     finally:
         bar.close()
+    if templates is not None:  # what this process kept (a resumed run computes only what it needed)
+        for name, job in jobs.items():
+            if job.meta["image_rows"] == "shared":
+                job.meta["image_row_templates"] = templates.stats()
     return {name: job.result for name, job in jobs.items()}
 
 

@@ -1,15 +1,18 @@
-"""Masked image rows are the same for every sample: compute them once per batch.
+"""Masked image rows are the same for every sample: compute them once for the whole run.
 
 Once the image tokens are zeroed at the input of decoder layer L, nothing about the image
 is left in them: from layer L on, the state of image token ``i`` depends only on ``i``,
 on the fixed text before the image (``"USER:"`` in LLaVA-1.5, ``"[INST]"`` in
 LLaVA-NeXT/Mistral) and on the other zeroed image tokens. So in a zero-masking variant,
 the image rows of layers ``>= L`` (576 of a ~650-token LLaVA-1.5 prompt) are one
-computation shared by the whole batch, not one per sample.
+computation shared by every sample of the run, not one per sample.
 
-`SharedImageRows` computes them once, on a single unpadded row (the *template*), and
-then runs each sample's layers ``>= L`` on the rows after the image only, with the
-template's keys and values standing in for the image in the cache.
+`ImageRowTemplates` computes them once per (layer L, image-token count, text before the
+image), on a canonical unpadded row (the *template*): the prefix alone through the
+language model, then the zeroed image rows on top of its keys and values. The template
+depends on nothing else, so batch order, restarts and shards do not change it.
+`SharedImageRows` then runs each sample's layers ``>= L`` on the rows after the image
+only, with the template's keys and values standing in for the image in the cache.
 
 Equality: the results are the naive run's up to floating-point summation order. A
 sample's naive image rows depend, in their last bits, on how much left padding its batch
@@ -26,7 +29,9 @@ import torch
 
 from .batch import Batch
 
-__all__ = ["SharedImageRows", "shared_layout"]
+__all__ = ["ImageRowTemplates", "SharedImageRows", "shared_layout"]
+
+DEFAULT_MAX_BYTES = 4 * 2**30
 
 
 class SharedLayoutError(ValueError):
@@ -36,11 +41,12 @@ class SharedLayoutError(ValueError):
 def shared_layout(batch: Batch) -> dict:
     """Where each row's padding, fixed prefix and image block lie.
 
-    Returns ``{"pad": [batch] long, "prefix": p, "counts": [batch] long, "start": s0}``:
-    row ``b`` is ``pad[b]`` pad tokens, the ``p`` prefix tokens shared by all rows, its
-    ``counts[b]`` image tokens, then its text; ``s0`` is the first position after the
-    image in the row where it ends earliest (rows from ``s0`` on are computed per sample).
-    Raises `SharedLayoutError` when rows do not look like that.
+    Returns ``{"pad": [batch] long, "prefix": p, "prefix_ids": tuple, "counts": [batch]
+    long, "start": s0}``: row ``b`` is ``pad[b]`` pad tokens, the ``p`` prefix tokens
+    ``prefix_ids`` shared by all rows, its ``counts[b]`` image tokens, then its text;
+    ``s0`` is the first position after the image in the row where it ends earliest (rows
+    from ``s0`` on are computed per sample). Raises `SharedLayoutError` when rows do not
+    look like that.
     """
     mask = batch.inputs["attention_mask"]
     ids = batch.inputs["input_ids"]
@@ -58,57 +64,113 @@ def shared_layout(batch: Batch) -> dict:
     prefixes = {tuple(ids[b, int(pad[b]):int(first[b])].tolist()) for b in range(batch.size)}
     if len(prefixes) != 1:
         raise SharedLayoutError("rows differ in the text before the image")
-    return {"pad": pad, "prefix": int(first[0] - pad[0]), "counts": counts,
+    return {"pad": pad, "prefix": int(first[0] - pad[0]), "prefix_ids": prefixes.pop(), "counts": counts,
             "start": int((first + counts).min())}
+
+
+class ImageRowTemplates:
+    """The zeroed image rows' keys and values, computed once per run and reused.
+
+    ``templates.get(L, n, prefix_ids)`` is ``{j: (keys, values)}`` for every layer
+    ``j >= L``, each ``[1, kv_heads, n, head_dim]``: the image rows of the unpadded prompt
+    ``prefix_ids`` + ``n`` image tokens, its image tokens zeroed at the input of layer L.
+    It is computed from that key alone (the prefix run on its own, then the zeroed rows
+    on top of the prefix's keys and values), so it is the same whichever batch asks first.
+    Templates are kept up to ``max_bytes`` (keys and values of all of them together);
+    past that they are computed each time and not kept: the same numbers, more work.
+    `stats` says how much is kept and reused. Call `get` outside any layer swap: it runs
+    the language model's real layers.
+
+    Args:
+        model: a `mech.Model` (local weights).
+        max_bytes: the most template memory to keep (default 4 GiB; 0 keeps none).
+    """
+
+    def __init__(self, model, max_bytes: int = DEFAULT_MAX_BYTES):
+        if not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes={max_bytes!r}: give a whole number of bytes >= 0 (0 keeps none)")
+        self.language = model.nn._module.model.language_model
+        self.max_bytes = max_bytes
+        self._kept: dict[tuple, dict] = {}
+        self._prefixes: dict[tuple, dict] = {}
+        self.bytes = self.computed = self.reused = self.not_kept = 0
+
+    def get(self, layer: int, count: int, prefix_ids: tuple) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        key = (layer, count, tuple(prefix_ids))
+        if key in self._kept:
+            self.reused += 1
+            return self._kept[key]
+        template = self._template(*key)
+        self.computed += 1
+        size = sum(k.nbytes + v.nbytes for k, v in template.values())
+        if self.bytes + size <= self.max_bytes:
+            self._kept[key], self.bytes = template, self.bytes + size
+        else:
+            self.not_kept += 1
+        return template
+
+    def stats(self) -> dict:
+        """``{"kept", "bytes", "max_bytes", "computed", "reused", "not_kept"}`` so far
+        (``computed`` counts template computations, ``reused`` the times one was kept)."""
+        return {"kept": len(self._kept), "bytes": self.bytes, "max_bytes": self.max_bytes,
+                "computed": self.computed, "reused": self.reused, "not_kept": self.not_kept}
+
+    def _prefix_kv(self, prefix_ids: tuple) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values ``[1, kv_heads, p, head_dim]`` per layer: the prefix run alone."""
+        if prefix_ids not in self._prefixes:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            if prefix_ids:
+                ids = torch.tensor([prefix_ids], device=self.language.embed_tokens.weight.device)
+                self.language(input_ids=ids, past_key_values=cache, use_cache=True)
+            self._prefixes[prefix_ids] = {j: (layer.keys, layer.values) for j, layer in enumerate(cache.layers)}
+        return self._prefixes[prefix_ids]
+
+    def _template(self, layer: int, count: int, prefix_ids: tuple) -> dict:
+        from transformers import DynamicCache
+
+        prefix, p = self._prefix_kv(prefix_ids), len(prefix_ids)
+        weight = self.language.embed_tokens.weight
+        hidden = weight.new_zeros(1, count, weight.shape[1])
+        positions = torch.arange(p, p + count, device=weight.device)[None]
+        embeddings = self.language.rotary_emb(hidden, position_ids=positions)
+        visible = torch.arange(p + count, device=weight.device)[None, :] <= positions[0][:, None]
+        cache, kv = DynamicCache(), {}
+        decoder = self.language.layers
+        for j in range(layer, len(decoder)):
+            if p:
+                cache.update(*prefix[j], j)
+            hidden = decoder[j](hidden, attention_mask=visible[None, None], position_ids=positions,
+                                past_key_values=cache, use_cache=True, position_embeddings=embeddings)
+            kv[j] = (cache.layers[j].keys[:, :, p:].clone(), cache.layers[j].values[:, :, p:].clone())
+        return kv
 
 
 class SharedImageRows:
     """The prefill of layers ``>= layer`` of a zero-masking variant, image rows shared.
 
     Args:
-        decoder: the language model's decoder layers (``ModuleList``).
-        rotary: the language model's rotary embedding module.
+        templates: the run's `ImageRowTemplates`.
         layout: `shared_layout` of the batch.
         layer: L, the layer whose input has its image tokens zeroed.
-        entering: ``[batch, seq, hidden]`` clean hidden state entering layer L.
-        clean_kv: ``{layer: (keys, values)}`` of the clean prefill, each
+        clean_kv: ``{layer: (keys, values)}`` of the batch's clean prefill, each
             ``[batch, kv_heads, seq, head_dim]``, for every layer ``>= L``.
     """
 
-    def __init__(self, decoder, rotary, layout: dict, layer: int, entering: torch.Tensor, clean_kv: dict):
-        self.decoder, self.layout, self.layer = decoder, layout, layer
-        self.template = self._template(rotary, entering, clean_kv)
-        self.prefix_kv = {j: self._prefix(j, *clean_kv[j]) for j in range(layer, len(decoder))}
+    def __init__(self, templates: ImageRowTemplates, layout: dict, layer: int, clean_kv: dict):
+        self.decoder, self.layout, self.layer = templates.language.layers, layout, layer
+        rows = {n: templates.get(layer, n, layout["prefix_ids"]) for n in sorted(set(layout["counts"].tolist()))}
+        self.prefix_kv = {j: self._prefix(j, *clean_kv[j], rows) for j in range(layer, len(self.decoder))}
 
-    def _template(self, rotary, entering, clean_kv) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Keys and values ``[1, kv_heads, n_image, head_dim]`` of the zeroed image rows,
-        per layer ``>= L``, computed once on one unpadded row."""
-        from transformers import DynamicCache
-
-        p, n = self.layout["prefix"], int(self.layout["counts"].max())
-        b = int(self.layout["counts"].argmax())
-        pad = int(self.layout["pad"][b])
-        hidden = entering.new_zeros(1, n, entering.shape[-1])
-        positions = torch.arange(p, p + n, device=hidden.device)[None]
-        embeddings = rotary(hidden, position_ids=positions)
-        visible = torch.arange(p + n, device=hidden.device)[None, :] <= positions[0][:, None]
-        cache, kv = DynamicCache(), {}
-        for j in range(self.layer, len(self.decoder)):
-            keys, values = clean_kv[j]
-            cache.update(keys[b:b + 1, :, pad:pad + p], values[b:b + 1, :, pad:pad + p], j)
-            hidden = self.decoder[j](hidden, attention_mask=visible[None, None], position_ids=positions,
-                                     past_key_values=cache, use_cache=True, position_embeddings=embeddings)
-            kv[j] = (cache.layers[j].keys[:, :, p:], cache.layers[j].values[:, :, p:])
-        return kv
-
-    def _prefix(self, j: int, keys: torch.Tensor, values: torch.Tensor):
+    def _prefix(self, j: int, keys: torch.Tensor, values: torch.Tensor, rows: dict):
         """Keys and values ``[batch, kv_heads, s0, head_dim]`` of every row before ``s0``:
-        the clean run's for padding and prefix, the template's for the image."""
+        the batch's clean run for padding and prefix, the row's template for its image."""
         s0, p = self.layout["start"], self.layout["prefix"]
         keys, values = keys[:, :, :s0].clone(), values[:, :, :s0].clone()
-        tk, tv = self.template[j]
-        for b, pad in enumerate(self.layout["pad"].tolist()):
-            width = s0 - pad - p
+        for b, (pad, count) in enumerate(zip(self.layout["pad"].tolist(), self.layout["counts"].tolist())):
+            width = s0 - pad - p  # <= count: s0 is where the earliest image block ends
+            tk, tv = rows[count][j]
             keys[b, :, pad + p:] = tk[0, :, :width]
             values[b, :, pad + p:] = tv[0, :, :width]
         return keys, values

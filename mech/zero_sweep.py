@@ -24,11 +24,13 @@ Variants are run one after the other, not stacked into one batch: stacking chang
 matrix shapes, and with them the floating-point results, so ids could differ.
 
 ``share_image_rows=True`` goes further (`mech.shared_rows`): once zeroed, the image rows
-of layers ``>= L`` are the same for every sample, so they are computed once per batch on
-one unpadded row, and each sample runs only its rows after the image. That is roughly
-``(n_image + batch * n_text) / (batch * seq)`` of each variant's remaining work; the
-results equal the naive run's up to floating-point summation order (ids equal, scores
-within the naive run's own change under a different batch layout), not bit for bit.
+of layers ``>= L`` are the same for every sample, so they are computed once for the run
+(per layer, image-token count and text before the image, on one unpadded template row,
+kept in an `ImageRowTemplates` passed from batch to batch), and each sample runs only its
+rows after the image. Each variant then costs about ``n_text / seq`` of its remaining
+work; the results equal the naive run's up to floating-point summation order (ids equal,
+scores within the naive run's own change under a different batch layout), not bit for
+bit.
 
 Only the local Hugging Face module is used (no nnsight trace), so this does not run on
 NDIF; `mech.sweep(..., fast=True)` falls back to naive runs where it does not apply.
@@ -103,7 +105,7 @@ def _generate(module, inputs: dict, max_new_tokens: int, pad_token_id, scores: b
 
 def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, max_new_tokens: int = 8,
                     *, baseline: bool = False, return_scores: bool = False, times: dict | None = None,
-                    share_image_rows: bool = False):
+                    share_image_rows: bool = False, templates=None):
     """Greedy generation with the image tokens zeroed at the input of each layer in ``layers``.
 
     Equal, bit for bit, to one ``model.generate`` per layer with
@@ -120,10 +122,13 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
         return_scores: return ``(ids, scores)`` per key, scores ``[batch, new, vocab]``
             float logits of each greedy step (``generate``'s ``output_scores``).
         times: a dict to receive the wall seconds of each generate call by key.
-        share_image_rows: compute the zeroed image rows of layers ``>= L`` once per batch
-            instead of once per sample (`mech.shared_rows`): much less work, results equal
-            to the naive run's up to floating-point summation order instead of bitwise.
+        share_image_rows: compute the zeroed image rows of layers ``>= L`` once instead of
+            once per sample (`mech.shared_rows`): much less work, results equal to the
+            naive run's up to floating-point summation order instead of bitwise.
             Raises ValueError when rows do not share the text before one image block.
+        templates: with ``share_image_rows``, the run's `mech.ImageRowTemplates`, so
+            later batches reuse the image rows earlier ones computed (default: a new
+            one, kept for this call only).
     Returns:
         ``{layer: ids}`` (``[batch, seq + new]``, prompt included, like ``model.generate``),
         in the order of ``layers``, or ``{layer: (ids, scores)}``.
@@ -146,8 +151,12 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
     cached: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     needed = set(layers)
     below = model.n_layers if share_image_rows else max(layers, default=0)
+    if templates is not None and not share_image_rows:
+        raise ValueError("templates= is for share_image_rows=True; the bitwise sweep computes every row")
     if share_image_rows:
-        from .shared_rows import SharedLayoutError, shared_layout
+        from .shared_rows import ImageRowTemplates, SharedLayoutError, shared_layout
+
+        templates = ImageRowTemplates(model) if templates is None else templates
 
         try:
             layout = shared_layout(batch)
@@ -186,8 +195,7 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
             if share_image_rows:  # layers >= L run the rows after the image; no input to replace
                 from .shared_rows import SharedImageRows
 
-                shared = SharedImageRows(decoder, module.model.language_model.rotary_emb, layout, layer,
-                                         masked, cached)
+                shared = SharedImageRows(templates, layout, layer, cached)
                 stand_ins.update({j: shared.stand_in(j, masked if j == layer else None)
                                   for j in range(layer, len(decoder))})
                 handles = []

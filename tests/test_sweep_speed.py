@@ -247,3 +247,118 @@ def test_runner_shared_sweep_keeps_its_own_chunks(runner_model, tmp_path):
     assert mech.sweep(model, samples, named, out=tmp_path, fast="shared", **options)["z2"].reused == [0, 1]
     with pytest.raises(ValueError, match="fast='approx'"):
         mech.sweep(model, samples, named, fast="approx", **options)
+
+
+# -- run-level image rows: one template per (layer, image-token count, prefix) ------------
+
+def _two_batches(model, family):
+    from tiny_models import QUESTIONS, random_images
+
+    sizes = [(40, 50), (30, 90), (64, 40), (50, 50)] if family == "llava-next" else None
+    images = random_images(4, seed=5, sizes=sizes)
+    questions = [QUESTIONS[0] + " and the square too", *QUESTIONS[1:3], QUESTIONS[0]]
+    return (model.prepare(questions=questions[:2], images=images[:2]),
+            model.prepare(questions=questions[2:], images=images[2:]))
+
+
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next"])
+def test_run_level_templates_are_independent_of_batch_order(family):
+    """A template kept from another batch gives the same bits as one computed for this
+    batch: ids and step scores of each batch do not depend on which batch ran first."""
+    module, processor = tiny_llava(family, layers=4)
+    model = mech.load(module, processor=processor)
+    first, second = _two_batches(model, family)
+    layers = list(range(model.n_layers))
+
+    def run(order):
+        templates = mech.ImageRowTemplates(model)
+        out = [mech.zero_mask_sweep(model, b, layers, 4, return_scores=True, share_image_rows=True,
+                                    templates=templates) for b in order]
+        return out, templates.stats()
+
+    (a1, a2), stats = run([first, second])
+    (b2, b1), _ = run([second, first])
+    alone = [mech.zero_mask_sweep(model, b, layers, 4, return_scores=True, share_image_rows=True)
+             for b in (first, second)]
+    for mine, other, fresh in ((a1, b1, alone[0]), (a2, b2, alone[1])):
+        for layer in layers:
+            assert torch.equal(mine[layer][0], other[layer][0]) and torch.equal(mine[layer][1], other[layer][1])
+            assert torch.equal(mine[layer][0], fresh[layer][0]) and torch.equal(mine[layer][1], fresh[layer][1])
+    counts = {int(c) for b in (first, second) for c in b.image_counts}
+    assert stats["computed"] == len(layers) * len(counts) and stats["kept"] == stats["computed"]
+    if family == "llava-1.5":  # every row has 576-style equal counts: the second batch reuses all
+        assert stats["reused"] == len(layers)
+    cfg = model.nn._module.config.text_config
+    head = cfg.hidden_size // cfg.num_attention_heads
+    expected = sum(2 * cfg.num_key_value_heads * n * head * 4 * (model.n_layers - layer)
+                   for layer in layers for n in counts)
+    assert stats["bytes"] == expected
+
+
+def test_template_rows_equal_a_zero_masked_unpadded_prompt(model):
+    """The template is the image rows of a plain unpadded forward with the image tokens
+    zeroed at layer L (an independent computation: the whole prompt at once, a hook)."""
+    from mech.shared_rows import shared_layout
+    from tiny_models import random_images
+
+    batch = model.prepare(prompts=[model.prompt("what colour is the square?")], images=random_images(1))
+    layout = shared_layout(batch)
+    module, n = model.nn._module, int(batch.image_counts[0])
+    start = layout["prefix"]
+    templates = mech.ImageRowTemplates(model)
+    for layer in range(model.n_layers):
+        def zero(_, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = hidden.clone()
+            hidden[:, start:start + n] = 0
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+        handle = module.model.language_model.layers[layer].register_forward_pre_hook(zero, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                cache = module(**batch.inputs, use_cache=True).past_key_values
+        finally:
+            handle.remove()
+        template = templates.get(layer, n, layout["prefix_ids"])
+        assert sorted(template) == list(range(layer, model.n_layers))
+        for j, (keys, values) in template.items():
+            ref_k = cache.layers[j].keys[:, :, start:start + n]
+            ref_v = cache.layers[j].values[:, :, start:start + n]
+            assert torch.allclose(keys, ref_k, rtol=0, atol=1e-5 * ref_k.abs().max().item()), (layer, j)
+            assert torch.allclose(values, ref_v, rtol=0, atol=1e-5 * ref_v.abs().max().item()), (layer, j)
+
+
+def test_templates_memory_bound_changes_nothing_but_memory(model, batch):
+    """``max_bytes=0`` keeps nothing (every template recomputed) and gives the same bits."""
+    kept, none = mech.ImageRowTemplates(model), mech.ImageRowTemplates(model, max_bytes=0)
+    for _ in range(2):
+        a = mech.zero_mask_sweep(model, batch, None, 3, return_scores=True, share_image_rows=True, templates=kept)
+        b = mech.zero_mask_sweep(model, batch, None, 3, return_scores=True, share_image_rows=True, templates=none)
+        assert all(torch.equal(a[l][1], b[l][1]) for l in a)
+    keys = model.n_layers * len(set(batch.image_counts.tolist()))
+    assert none.stats()["kept"] == 0 and none.stats()["bytes"] == 0 and none.stats()["not_kept"] == 2 * keys
+    assert kept.stats()["reused"] == keys and kept.stats()["bytes"] > 0
+    with pytest.raises(ValueError, match="max_bytes=-1"):
+        mech.ImageRowTemplates(model, max_bytes=-1)
+    with pytest.raises(ValueError, match="templates= is for share_image_rows"):
+        mech.zero_mask_sweep(model, batch, [1], 2, templates=kept)
+
+
+def test_runner_shared_sweep_shuffled_and_restarted_equals_uninterrupted(runner_model, tmp_path):
+    """Batches in another order, or a run stopped after one chunk and restarted, give the
+    same prediction per sample as one uninterrupted run; the run reports its templates."""
+    model = runner_model
+    samples = tiny_samples(6, seed=2, sizes=[(40, 50), (30, 90), (64, 40), (50, 50), (60, 30), (45, 45)])
+    named = {"baseline": None, **{f"z{l}": mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
+    options = dict(batch_size=2, chunk_size=2, max_new_tokens=4, progress=False, fast="shared")
+    whole = mech.sweep(model, samples, named, out=tmp_path / "whole", **options)
+    shuffled = mech.sweep(model, samples[4:] + samples[:2] + samples[2:4], named, **options)
+    mech.sweep(model, samples[:2], named, out=tmp_path / "restart", **options)  # "stopped" after chunk 0
+    restarted = mech.sweep(model, samples, named, out=tmp_path / "restart", **options)
+    assert restarted["z1"].reused == [0] and restarted["z1"].computed == [1, 2]
+    for name in named:
+        by_id = {r.id: r.prediction for r in whole[name].records}
+        assert {r.id: r.prediction for r in shuffled[name].records} == by_id, name
+        assert {r.id: r.prediction for r in restarted[name].records} == by_id, name
+    stats = whole["z1"].meta["image_row_templates"]
+    assert stats["computed"] == stats["kept"] > 0 and stats["reused"] > 0
+    assert "image_row_templates" not in whole["baseline"].meta
