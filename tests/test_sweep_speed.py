@@ -156,10 +156,48 @@ def test_bench_quick_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep", "sweep_exact",
-                                      "memory_capture", "memory_eager"}
+                                      "sweep_32", "memory_capture", "memory_eager"}
     assert all(row["ratio"] > 0 for row in result["results"].values())
     assert result["machine"]["torch_threads"] == 1
-    assert result["results"]["sweep"]["ids_equal_naive"] and result["results"]["sweep_exact"]["ids_equal_naive"]
+    assert all(result["results"][k]["ids_equal_naive"] for k in ("sweep", "sweep_exact", "sweep_32"))
+    assert all(0 < result["results"][k]["limit"] < 1 for k in ("sweep", "sweep_exact", "sweep_32"))
+    assert result["results"]["sweep"]["templates"]["reused"] > 0
+    assert len(result["depth_table"]) == 4 and all(r["limit_reuse"] < r["limit_first"] for r in result["depth_table"])
+
+
+def test_bench_gpu_script_runs_tiny_on_cpu():
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--tiny", "--reps", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sweep shared rows" in done.stdout
+
+
+@pytest.mark.parametrize("path", ["naive", "exact", "shared"])
+def test_bench_structural_limits_count_the_rows_the_layers_run(path):
+    """`bench.sweep.row_layers` equals the prefill rows the decoder layers really see,
+    counted by forward hooks over a two-batch sweep (decode steps left out)."""
+    from bench import sweep as sweeps
+    from bench.__main__ import QUICK, build
+
+    model, _ = build(QUICK)
+    batches = sweeps.batches(model, QUICK, 2)
+    seen = {"rows": 0}
+
+    def count(_, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if not (hidden.shape[1] == 1 and hidden.shape[0] == batches[0].size):  # not a decode step
+            seen["rows"] += hidden.shape[0] * hidden.shape[1]
+    handles = [layer.register_forward_pre_hook(count, with_kwargs=True)
+               for layer in model.nn._module.model.language_model.layers]
+    try:
+        if path == "naive":
+            sweeps.naive_over_batches(model, batches, 2)
+        else:
+            sweeps.sweep_over_batches(model, batches, path == "shared", 2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen["rows"] == sweeps.row_layers(batches, model.n_layers, path)
 
 
 # -- shared image rows: equal to naive up to floating-point summation order ---------------
