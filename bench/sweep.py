@@ -122,7 +122,8 @@ def measure(model, batches: list, shared: bool, max_new_tokens: int, reps: int) 
 
 def depth_table(log=print, quick: bool = False) -> list[dict]:
     """Shared vs naive sweep seconds per sample at each depth and prompt length: one
-    batch, the first pass (templates computed) and a second (templates reused)."""
+    batch, the first pass (templates computed), a second (templates reused), and how
+    much of the second is decode steps (it again with one new token, no decode)."""
     import mech
     from bench.__main__ import QUICK, build
 
@@ -131,7 +132,7 @@ def depth_table(log=print, quick: bool = False) -> list[dict]:
     base = QUICK if quick else SWEEP32
     rows = []
     log(f"{'layers':>6} {'prompt':>6} {'naive s/sample':>15} {'shared 1st':>11} {'shared reuse':>13} "
-        f"{'ratio 1st':>9} {'ratio reuse':>11} {'limit 1st':>9} {'limit reuse':>11}")
+        f"{'of it decode':>12} {'ratio 1st':>9} {'ratio reuse':>11} {'limit 1st':>9} {'limit reuse':>11}")
     for depth in depths:
         for length, shape in prompts.items():
             config = {**base, **shape, "layers": depth}
@@ -142,10 +143,13 @@ def depth_table(log=print, quick: bool = False) -> list[dict]:
             run = lambda: mech.zero_mask_sweep(model, batch, None, new, share_image_rows=True,  # noqa: E731
                                                templates=templates)
             first, reuse = _timed(run), _timed(run)
+            prefill = _timed(lambda: mech.zero_mask_sweep(model, batch, None, 1, share_image_rows=True,
+                                                          templates=templates))  # decode steps left out
             naive = _timed(lambda: naive_over_batches(model, [batch], new))
             naive_rows = row_layers([batch], depth, "naive")
             row = {"layers": depth, "prompt_tokens": batch.seq_len, "naive_s_per_sample": naive / per,
                    "shared_first_s_per_sample": first / per, "shared_reuse_s_per_sample": reuse / per,
+                   "shared_reuse_decode_s_per_sample": max(reuse - prefill, 0.0) / per,
                    "ratio_first": first / naive, "ratio_reuse": reuse / naive,
                    "limit_first": row_layers([batch], depth, "shared") / naive_rows,
                    "limit_reuse": row_layers([batch], depth, "shared", once=False) / naive_rows,
@@ -153,6 +157,7 @@ def depth_table(log=print, quick: bool = False) -> list[dict]:
             rows.append(row)
             log(f"{depth:>6} {batch.seq_len:>6} {row['naive_s_per_sample']:>15.3f} "
                 f"{row['shared_first_s_per_sample']:>11.3f} {row['shared_reuse_s_per_sample']:>13.3f} "
+                f"{row['shared_reuse_decode_s_per_sample']:>12.3f} "
                 f"{row['ratio_first']:>9.3f} {row['ratio_reuse']:>11.3f} {row['limit_first']:>9.3f} "
                 f"{row['limit_reuse']:>11.3f}")
     return rows
