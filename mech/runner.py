@@ -323,11 +323,12 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
     marked ``timing="sweep"`` (the baseline's is the clean generate, a layer's its own
     incremental generate). Anything else falls back to one `run` per intervention.
 
-    ``fast="shared"``: as ``fast=True``, and the zeroed image rows are computed once per
-    batch (`mech.shared_rows`): about half the work again, predictions equal to the naive
-    runs' and scores up to floating-point summation order. Such chunks are fingerprinted
-    apart (``image_rows: shared``) and kept in ``out/<name>+shared-rows``, never mixed
-    with bitwise ones.
+    ``fast="shared"``: as ``fast=True``, and the zeroed image rows are computed once for
+    the run (`mech.shared_rows`, one `ImageRowTemplates` through every batch; what it kept
+    is in ``meta["image_row_templates"]``): about half the work again, predictions equal to
+    the naive runs' and scores up to floating-point summation order. Such chunks are
+    fingerprinted apart (``image_rows: shared-template``) and kept in
+    ``out/<name>+shared-rows``, never mixed with bitwise ones.
     """
     if fast not in (False, True, "exact", "shared"):
         raise ValueError(f"fast={fast!r}: use False (naive runs), True or 'exact' (bitwise-exact sweep) "

@@ -23,8 +23,9 @@ def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, f
 
     ``fast`` (default): the runs share one clean prefill per batch (`mech.zero_mask_sweep`;
     same predictions and chunk files as naive runs, ``timing="sweep"`` seconds);
-    ``fast="shared"`` also computes the zeroed image rows once per batch (equal to naive up
-    to floating-point summation order; its own chunks); remote runs are always naive."""
+    ``fast="shared"`` also computes the zeroed image rows once for the run
+    (`mech.ImageRowTemplates`; equal to naive up to floating-point summation order; its own
+    chunks); remote runs are always naive."""
     import mech
 
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
@@ -47,8 +48,9 @@ def main(argv=None) -> xr.Dataset:
                    help="one full generate per layer (1/t of a standalone masked run) instead of "
                         "sharing the clean prefill")
     p.add_argument("--share-image-rows", action="store_true",
-                   help="also compute the zeroed image rows of layers >= L once per batch instead of "
-                        "once per sample: about half the work again; predictions equal to the naive "
+                   help="also compute the zeroed image rows of layers >= L once for the whole run "
+                        "instead of once per sample (up to 4 GiB of them kept): about half the work "
+                        "again at 8 layers; predictions equal to the naive "
                         "runs', scores up to floating-point summation order (not bitwise); kept in "
                         "chunks of their own")
     common.add_check(p, check_sweep)
