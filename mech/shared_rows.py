@@ -91,6 +91,9 @@ class ImageRowTemplates:
             raise ValueError(f"max_bytes={max_bytes!r}: give a whole number of bytes >= 0 (0 keeps none)")
         self.language = model.nn._module.model.language_model
         self.max_bytes = max_bytes
+        from .decode_together import DecodeBuffer
+
+        self.decode_buffer = DecodeBuffer()  # the run's, reused batch after batch
         self._kept: dict[tuple, dict] = {}
         self._prefixes: dict[tuple, dict] = {}
         self.bytes = self.computed = self.reused = self.not_kept = 0
@@ -110,10 +113,12 @@ class ImageRowTemplates:
         return template
 
     def stats(self) -> dict:
-        """``{"kept", "bytes", "max_bytes", "computed", "reused", "not_kept"}`` so far
-        (``computed`` counts template computations, ``reused`` the times one was kept)."""
+        """``{"kept", "bytes", "max_bytes", "computed", "reused", "not_kept",
+        "decode_buffer_bytes"}`` so far (``computed`` counts template computations,
+        ``reused`` the times one was kept; the decode buffer is `mech.decode_together`'s)."""
         return {"kept": len(self._kept), "bytes": self.bytes, "max_bytes": self.max_bytes,
-                "computed": self.computed, "reused": self.reused, "not_kept": self.not_kept}
+                "computed": self.computed, "reused": self.reused, "not_kept": self.not_kept,
+                "decode_buffer_bytes": self.decode_buffer.bytes}
 
     def _prefix_kv(self, prefix_ids: tuple) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Keys and values ``[1, kv_heads, p, head_dim]`` per layer: the prefix run alone."""

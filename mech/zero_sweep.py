@@ -20,8 +20,11 @@ tests check this for LLaVA-1.5 and LLaVA-NeXT, left-padded batches).
 Work: one full prefill plus ``sum_L (n_layers - L)`` layer prefills instead of
 ``n_layers`` full ones (and the vision tower once): about ``1/2 + 3/(2 n)`` of the naive
 sweep's prefill for a sweep over all ``n`` layers, plus the decode steps, which both pay.
-Variants are run one after the other, not stacked into one batch: stacking changes the
-matrix shapes, and with them the floating-point results, so ids could differ.
+The bitwise sweep runs its variants one after the other, never stacked into one batch:
+stacking changes the matrix shapes, and with them the floating-point results. The shared
+sweep, whose contract is summation order anyway, decodes its variants together
+(`mech.decode_together`): the prefills stay one per variant, the decode steps run as one
+batch from one preallocated cache.
 
 ``share_image_rows=True`` goes further (`mech.shared_rows`): once zeroed, the image rows
 of layers ``>= L`` are the same for every sample, so they are computed once for the run
@@ -105,7 +108,7 @@ def _generate(module, inputs: dict, max_new_tokens: int, pad_token_id, scores: b
 
 def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, max_new_tokens: int = 8,
                     *, baseline: bool = False, return_scores: bool = False, times: dict | None = None,
-                    share_image_rows: bool = False, templates=None):
+                    share_image_rows: bool = False, templates=None, decode_together: bool = True):
     """Greedy generation with the image tokens zeroed at the input of each layer in ``layers``.
 
     Equal, bit for bit, to one ``model.generate`` per layer with
@@ -129,6 +132,10 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
         templates: with ``share_image_rows``, the run's `mech.ImageRowTemplates`, so
             later batches reuse the image rows earlier ones computed (default: a new
             one, kept for this call only).
+        decode_together: with ``share_image_rows``, run the variants' decode steps as one
+            batch (`mech.decode_together`; as many variants at a time as its buffer of
+            at most 2 GiB holds): the same ids, step scores within summation order up to
+            each row's end of sequence; fewer, larger calls.
     Returns:
         ``{layer: ids}`` (``[batch, seq + new]``, prompt included, like ``model.generate``),
         in the order of ``layers``, or ``{layer: (ids, scores)}``.
@@ -188,7 +195,8 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
         results[None] = _output(clean, return_scores)
 
     text_inputs = {k: v for k, v in batch.generate_inputs.items() if k in ("input_ids", "attention_mask")}
-    for layer in layers:
+
+    def variant(layer, new_tokens, cache=None):
         stand_ins = {i: _CachedLayer(decoder[i], i, *cached[i]) for i in range(layer)}
         masked = entering[layer] * _image_multiplier(batch, 0.0, entering[layer])
         with torch.no_grad(), clock(layer):
@@ -202,8 +210,28 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
             else:
                 handles = [decoder[layer].register_forward_pre_hook(_prefill_input(masked), with_kwargs=True)]
             with _hooks(handles), _swapped(decoder, stand_ins):
-                out = _generate(module, text_inputs, max_new_tokens, pad, return_scores)
-        results[layer] = _output(out, return_scores)
+                inputs = text_inputs if cache is None else {**text_inputs, "past_key_values": cache}
+                return _generate(module, inputs, new_tokens, pad, return_scores)
+
+    group = 1
+    if share_image_rows and decode_together and max_new_tokens > 1:
+        from .decode_together import DecodeBuffer, decode_together as run_together
+
+        buffer = templates.decode_buffer if templates is not None else DecodeBuffer()
+        keys = cached[layers[0]][0] if layers else None
+        shape = (batch.size, keys.shape[1], batch.seq_len + max_new_tokens, keys.shape[3]) if layers else None
+        group = buffer.variants_that_fit(model.n_layers, shape, keys) if layers else 1
+    for lo in range(0, len(layers), group):
+        part = layers[lo:lo + group]
+        if len(part) == 1:
+            results[part[0]] = _output(variant(part[0], max_new_tokens), return_scores)
+            continue
+        caches, stacked = buffer.caches(model.n_layers, len(part), shape, keys)
+        prefilled = {layer: variant(layer, 1, cache) for layer, cache in zip(part, caches)}
+        with torch.no_grad():
+            results.update(run_together(module, prefilled, stacked, text_inputs["attention_mask"],
+                                        max_new_tokens, pad, return_scores, clock))
+    results = {key: results[key] for key in ([None] if baseline else []) + layers}
     if times is not None:
         times.update(clock.seconds)
     return results

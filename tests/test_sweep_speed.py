@@ -185,7 +185,8 @@ def test_bench_structural_limits_count_the_rows_the_layers_run(path):
 
     def count(_, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        if not (hidden.shape[1] == 1 and hidden.shape[0] == batches[0].size):  # not a decode step
+        # a decode step: one new row per sequence (a shared sweep decodes its variants together)
+        if not (hidden.shape[1] == 1 and hidden.shape[0] % batches[0].size == 0):
             seen["rows"] += hidden.shape[0] * hidden.shape[1]
     handles = [layer.register_forward_pre_hook(count, with_kwargs=True)
                for layer in model.nn._module.model.language_model.layers]
@@ -400,3 +401,50 @@ def test_runner_shared_sweep_shuffled_and_restarted_equals_uninterrupted(runner_
     stats = whole["z1"].meta["image_row_templates"]
     assert stats["computed"] == stats["kept"] > 0 and stats["reused"] > 0
     assert "image_row_templates" not in whole["baseline"].meta
+
+
+@pytest.mark.parametrize("family", ["llava-1.5", "llava-next"])
+@pytest.mark.parametrize("step", [0, 1])
+def test_variants_decoded_together_equal_each_decoded_alone(family, step):
+    """Decoding the variants as one batch gives each variant's own generate output: the
+    same ids (and length) when rows end on their first or a later token, scores within
+    summation order up to each row's end."""
+    module, processor = tiny_llava(family, layers=4)
+    model = mech.load(module, processor=processor)
+    batch, _ = _two_batches(model, family)
+    run = lambda together: mech.zero_mask_sweep(model, batch, None, 5, return_scores=True,  # noqa: E731
+                                                share_image_rows=True, decode_together=together)
+    alone = run(False)
+    # make a token the model does generate at `step` the end of sequence, so rows end early
+    eos = int(alone[1][0][0, batch.seq_len + step])
+    old = module.generation_config.eos_token_id
+    module.generation_config.eos_token_id = eos
+    try:
+        alone, together = run(False), run(True)
+    finally:
+        module.generation_config.eos_token_id = old
+    assert any(ids.shape[1] < batch.seq_len + 5 or (ids[:, batch.seq_len:] == eos).any() for ids, _ in alone.values())
+    for layer, (ids, scores) in alone.items():
+        assert torch.equal(together[layer][0], ids), layer
+        assert together[layer][1].shape == scores.shape
+        new = ids[:, batch.seq_len:]
+        for r in range(len(new)):
+            ends = (new[r] == eos).nonzero()
+            last = int(ends[0]) + 1 if len(ends) else new.shape[1]
+            a, b = together[layer][1][r, :last], scores[r, :last]
+            assert torch.allclose(a, b, rtol=0, atol=1e-5 * b.abs().max().item()), (layer, r)
+
+
+def test_variants_decoded_together_in_groups_when_the_buffer_is_bounded(model, batch):
+    """A decode buffer too small for every variant decodes them in groups (or alone),
+    with the same ids; its memory is reported with the templates'."""
+    alone = mech.zero_mask_sweep(model, batch, None, 4, share_image_rows=True, decode_together=False)
+    cfg = model.nn._module.config.text_config
+    one = 2 * model.n_layers * 4 * batch.size * cfg.num_key_value_heads * (batch.seq_len + 4) * \
+        (cfg.hidden_size // cfg.num_attention_heads)
+    for fit in (1, 2, 3):
+        templates = mech.ImageRowTemplates(model)
+        templates.decode_buffer.max_bytes = fit * one
+        grouped = mech.zero_mask_sweep(model, batch, None, 4, share_image_rows=True, templates=templates)
+        assert all(torch.equal(grouped[l], alone[l]) for l in alone), fit
+        assert templates.stats()["decode_buffer_bytes"] == (0 if fit == 1 else fit * one)
