@@ -104,6 +104,10 @@ the same data stream and initial weights; floating-point summation order can sti
 across machines, so expect accuracy within ~2 points rather than bit-identical weights.
 `python -m mech.zoo.card --out {out}` re-evaluates a checkpoint and rewrites this card.
 
+`designs.md` (next to this card) holds two deeper designs tried toward a model with a
+discoverable review layer (12 layers; 12 layers plus a relational colour question), with
+their masking curves. Neither gets there, so neither is shipped.
+
 ## Contrastive attention on this model
 
 `python -m studies.controls --model {out} --datasets shapes,shapes-dots,shapes-speckle,shapes-crowd
