@@ -45,6 +45,7 @@ TARGETS = {
     "memory_capture": 1.05, "memory_eager": None, "trace": 1.03,
 }
 SWEEP_BATCHES = 8
+EXACT_REPS = 3  # pairs of the bitwise sweep row (see run_suite)
 
 
 # -- the model and its batch -------------------------------------------------------------
@@ -285,14 +286,17 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
     # ones (tests/test_sweep_speed.py), so they are the reference for the shared sweep's.
     scored = {shared: mech.zero_mask_sweep(model, many[0], None, new_tokens, return_scores=True,
                                            share_image_rows=shared) for shared in (True, False)}
+    # The bitwise row first, on a process the shared row's large decode buffers have not
+    # touched, and with more pairs: its target sits 0.02 above its floor, and one pair of
+    # the same code measured 0.659, 0.687 and 0.722 in three runs.
+    row = sweeps.measure(model, many, False, new_tokens, max(sweep_reps, EXACT_REPS) if judge else sweep_reps)
+    report("sweep_exact", f"zero-masking sweep, {n} layers, {n_batches} batches, bitwise vs naive [s]", row,
+           target=None if not judge else row["limit"] + 0.02)
     row = sweeps.measure(model, many, True, new_tokens, sweep_reps)
     row["max_logit_difference_vs_naive"] = max((scored[True][l][1] - scored[False][l][1]).abs().max().item()
                                                for l in range(n))
     row["max_abs_logit"] = max(scored[False][l][1].abs().max().item() for l in range(n))
     report("sweep", f"zero-masking sweep, {n} layers, {n_batches} batches, shared rows vs naive [s]", row)
-    row = sweeps.measure(model, many, False, new_tokens, sweep_reps)
-    report("sweep_exact", f"zero-masking sweep, {n} layers, {n_batches} batches, bitwise vs naive [s]", row,
-           target=None if not judge else row["limit"] + 0.02)
     deep_config = {**QUICK, "layers": 6} if not judge else sweeps.SWEEP32
     deep, _ = build(deep_config)
     row = sweeps.measure(deep, sweeps.batches(deep, deep_config, n_batches), True, deep_config["max_new_tokens"],
@@ -324,16 +328,17 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="small model, 1 repetition: a smoke run")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--reps", type=int, default=None, help="interleaved pairs per forward benchmark")
+    p.add_argument("--reps", type=int, default=None, help="interleaved pairs per forward benchmark (default 15; quick: 1)")
     p.add_argument("--sweep-reps", type=int, default=None,
-                   help="interleaved pairs for each sweep row (default 1: each is already %d batches)" % SWEEP_BATCHES)
+                   help="interleaved pairs for each sweep row (default 1: each is already %d batches; the bitwise row "
+                        "takes at least %d)" % (SWEEP_BATCHES, EXACT_REPS))
     p.add_argument("--memory-reps", type=int, default=None,
                    help="fresh processes per path for peak memory (default 3; quick: 1)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     config = QUICK if args.quick else FULL
-    reps = args.reps or (1 if args.quick else 7)
+    reps = args.reps or (1 if args.quick else 15)
     sweep_reps = args.sweep_reps or 1
     info = machine(args.threads)
     load_before = other_load()
