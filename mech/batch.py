@@ -25,8 +25,9 @@ class Batch:
     Attributes:
         inputs: keyword inputs of one forward: ``input_ids`` / ``attention_mask``
             ``[batch, seq]``, ``position_ids`` ``[batch, seq]`` (from the mask, as
-            ``generate`` computes them), ``pixel_values`` and, for LLaVA-NeXT,
-            ``image_sizes``.
+            ``generate`` computes them; absent for families that compute their own),
+            ``pixel_values`` and what else the family's processor returns
+            (``image_sizes``, ``image_grid_thw``, ``token_type_ids``, ...).
         image_mask: ``[batch, seq]`` bool, True at image-token positions.
         image_index: ``[batch, n_image]`` long, sequence position of each image token;
             padded slots hold ``seq`` (one past the end).
@@ -44,12 +45,17 @@ class Batch:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_inputs(cls, inputs: dict[str, torch.Tensor], image_token_id: int, prompts, ids=None):
+    def from_inputs(cls, inputs: dict[str, torch.Tensor], image_token_id: int, prompts, ids=None, *,
+                    position_ids: torch.Tensor | None = ...):
+        """``position_ids``: default from the mask; None leaves them to the model (its own
+        multimodal positions, `mech.families.qwen2_vl`)."""
         image_mask = inputs["input_ids"] == image_token_id
         index, valid = image_layout(image_mask)
-        pad = inputs["attention_mask"].long()
         inputs = dict(inputs)
-        inputs["position_ids"] = (pad.cumsum(-1) - 1).clamp(min=0)
+        if position_ids is ...:
+            position_ids = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
         return cls(inputs, image_mask, index, valid, list(prompts), ids)
 
     @property

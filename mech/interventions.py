@@ -16,7 +16,8 @@ Hook sites of decoder layer L, in forward order:
 * ``input``              the hidden states entering layer L ``[batch, seq, hidden]``
 * ``normed``             the output of L's input RMSNorm, which feeds q/k/v ``[batch, seq, hidden]``
 * ``attention_inputs``   the self-attention call's ``(args, kwargs)`` (mask, rotary)
-* ``query_key``          ``(q_proj output, k_proj output)``
+* ``query_key``          ``(q, k)`` as the scores use them before rotary ``[batch, seq, heads * head_dim]``
+                         (the projections; Gemma 3's ``q_norm``/``k_norm`` outputs)
 * ``attention_weights``  the eager attention weights ``[batch, heads, seq, seq]``
 * ``output``             the hidden states leaving layer L
 
@@ -81,7 +82,7 @@ def _read(model, layer: int, site: str):
     if site == "attention_inputs":
         return envoy.self_attn.inputs
     if site == "query_key":
-        return envoy.self_attn.q_proj.output, envoy.self_attn.k_proj.output
+        return model.family.query_key(envoy.self_attn)
     if site == "attention_weights":
         return envoy.self_attn.output[1]
     raise ValueError(f"unknown hook site {site!r}; sites are {SITES}")

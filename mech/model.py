@@ -1,4 +1,4 @@
-"""Load a LLaVA model into nnsight and know its family.
+"""Load a vision-language model into nnsight and know its family (`mech.families`).
 
 ``mech.load`` returns a `Model`: the nnsight ``TransformersModel`` (``model.nn``), the
 family adapter (decoder layers, prompt template, processor), and ``prepare`` /
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,38 +23,10 @@ import torch
 
 from . import hub, templates
 from .batch import Batch
-from .templates import IMAGE_TOKEN
+from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
+RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between supported architectures."""
-
-    name: str          # "llava-1.5" or "llava-next"
-    architecture: str  # transformers class name
-
-
-FAMILIES = {
-    "LlavaForConditionalGeneration": Family("llava-1.5", "LlavaForConditionalGeneration"),
-    "LlavaNextForConditionalGeneration": Family("llava-next", "LlavaNextForConditionalGeneration"),
-}
-
-
-# config.json's model_type of each supported class
-MODEL_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
-
-
-def _supported() -> str:
-    return ", ".join(f"{a} ({f.name})" for a, f in FAMILIES.items())
-
-
-def family_of(module: torch.nn.Module) -> Family:
-    name = type(module).__name__
-    if name not in FAMILIES:
-        raise ValueError(f"unsupported architecture {name}; mech supports {_supported()}")
-    return FAMILIES[name]
-
 
 def check_config(config: dict, where: str) -> None:
     """ValueError unless a config.json describes a supported vision-language model."""
@@ -63,7 +34,7 @@ def check_config(config: dict, where: str) -> None:
     if any(a in FAMILIES for a in architectures) or config.get("model_type") in MODEL_TYPES:
         return
     found = f"architecture {architectures[0]}" if architectures else f"model_type {config.get('model_type')!r}"
-    raise ValueError(f"unsupported {found} in {where}; mech supports {_supported()}")
+    raise ValueError(f"unsupported {found} in {where}; mech supports {supported()}")
 
 
 def _hub_config(name: str, revision: str | None) -> dict:
@@ -120,12 +91,13 @@ def resolve_source(name: str, revision: str | None = None) -> str:
 
 
 class Model:
-    """A LLaVA model traced by nnsight.
+    """A vision-language model traced by nnsight.
 
     Attributes:
         nn: the ``nnsight.TransformersModel``; ``model.nn.model.language_model.layers[i]``
             is decoder layer ``i``.
-        family: `Family` (``family.name`` is ``"llava-1.5"`` or ``"llava-next"``).
+        family: its `mech.families.Family` adapter (``family.name``: ``"llava-1.5"``,
+            ``"qwen2-vl"``, ...).
         prompt_template: the `mech.templates.PromptTemplate` in use (the processor's chat
             template, lmms-eval's vicuna fallback, or the one given).
         template: its exact text (Jinja source or format string), as recorded.
@@ -141,7 +113,7 @@ class Model:
         self.processor = left_padded(getattr(nn, "processor", None))
         if self.processor is not None and hasattr(nn, "processor"):
             nn.processor, nn.tokenizer = self.processor, self.processor.tokenizer
-        self.prompt_template = templates.resolve(self.processor, template)
+        self.prompt_template = templates.resolve(self.processor, template, self.family.placeholder)
         self.template = self.prompt_template.text
         self.source = source
         self.revision = revision
@@ -151,7 +123,10 @@ class Model:
     @property
     def layers(self):
         """Envoys of the decoder layers, in order."""
-        return self.nn.model.language_model.layers
+        envoy = self.nn
+        for name in self.family.layer_path.split("."):
+            envoy = getattr(envoy, name)
+        return envoy
 
     @property
     def n_layers(self) -> int:
@@ -160,7 +135,7 @@ class Model:
     @property
     def layer_path(self) -> str:
         """Dotted module path of the decoder layer list."""
-        return "model.language_model.layers"
+        return self.family.layer_path
 
     @property
     def image_token_id(self) -> int:
@@ -181,24 +156,12 @@ class Model:
         return layer
 
     def image_tokens(self, height: int | None = None, width: int | None = None) -> int:
-        """Number of ``<image>`` tokens one image of ``height x width`` pixels becomes.
+        """Number of image tokens one image of ``height x width`` pixels becomes.
 
         LLaVA-1.5 resizes every image to the tower's square input, so the size is ignored;
-        LLaVA-NeXT depends on it (anyres tiles plus newline tokens) and needs the processor.
+        the other families depend on it (tiles, dynamic resolution) and need the processor.
         """
-        vision = self.config.vision_config
-        if self.family.name == "llava-1.5":
-            n = (vision.image_size // vision.patch_size) ** 2
-            strategy = self.config.vision_feature_select_strategy
-            return n if strategy == "default" else n + 1  # "full" keeps the CLS token
-        if self.processor is None or height is None or width is None:
-            raise ValueError("LLaVA-NeXT image-token counts depend on the image size and need the "
-                             "processor: pass height and width of a model loaded with its processor")
-        return int(self.processor._get_number_of_features(height, width, *self._tile_size()))
-
-    def _tile_size(self):
-        crop = self.processor.image_processor.crop_size
-        return crop["height"], crop["width"]
+        return self.family.image_tokens(self, height, width)
 
     # -- inputs --------------------------------------------------------------
 
@@ -233,23 +196,25 @@ class Model:
         prompts = list(prompts)
         images = list(images or [])
         self._check_images(prompts, images)
-        encoded = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+        encoded = self.processor(text=prompts, images=self.family.processor_images(images, prompts),
+                                 return_tensors="pt", padding=True)
         inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
-        batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids)
+        batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids,
+                                  position_ids=self.family.position_ids(inputs))
         return batch.to(self.device)
 
-    @staticmethod
-    def _check_images(prompts: list[str], images: list) -> None:
+    def _check_images(self, prompts: list[str], images: list) -> None:
+        mark = self.family.placeholder
         if not prompts:
             raise ValueError("empty batch: give at least one prompt")
-        counts = [p.count(IMAGE_TOKEN) for p in prompts]
+        counts = [p.count(mark) for p in prompts]
         for i, (p, c) in enumerate(zip(prompts, counts)):
             if c == 0:
-                raise ValueError(f"prompt {i} has no {IMAGE_TOKEN} placeholder: {p!r}; put "
-                                 f"{IMAGE_TOKEN} where the image goes (model.prompt(question) does)")
+                raise ValueError(f"prompt {i} has no {mark} placeholder: {p!r}; put "
+                                 f"{mark} where the image goes (model.prompt(question) does)")
         if sum(counts) != len(images):
-            raise ValueError(f"the prompts contain {sum(counts)} {IMAGE_TOKEN} placeholders but "
-                             f"{len(images)} images were given; pass one image per {IMAGE_TOKEN}")
+            raise ValueError(f"the prompts contain {sum(counts)} {mark} placeholders but "
+                             f"{len(images)} images were given; pass one image per {mark}")
 
     @property
     def device(self) -> torch.device:
@@ -304,16 +269,18 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
          revision: str | None = None, dtype: torch.dtype | str | None = None,
          attn_implementation: str | None = None, device_map: str | None = None, dispatch: bool = True,
          **kwargs) -> Model:
-    """Load a LLaVA model into nnsight.
+    """Load a vision-language model of a supported family (`mech.families`) into nnsight.
 
     Args:
         source: ``"tiny"`` (the embedded model in ``data/tiny-llava-shapes``), a local
             directory saved with ``save_pretrained``, a Hugging Face id
-            (``"llava-hf/llava-1.5-7b-hf"``), or an already-built
-            ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
+            (``"llava-hf/llava-1.5-7b-hf"``, ``"Qwen/Qwen2-VL-2B-Instruct"``: any class in
+            `mech.families.FAMILIES`), ``"random:<family>"`` (a tiny random model of that
+            family with its offline processor, `mech.zoo.random_vlm`), or an already-built
+            module of a supported class.
         processor: the processor for an already-built module (required for ``prepare``).
         template: prompt template override: a format string with ``{question}`` and one
-            ``<image>``, or a name in `mech.templates.TEMPLATES`; default: the processor's
+            image placeholder (the family's, ``<image>`` for LLaVA), or a name in `mech.templates.TEMPLATES`; default: the processor's
             chat template (lmms-eval's vicuna fallback when there is none).
         revision: hub revision to pin.
         dtype, device_map: passed to ``from_pretrained``.
@@ -342,6 +309,16 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"mech.load takes 'tiny', a path, a hub id or a model, not {type(source).__name__}")
     name = str(source)
+    if name.startswith(RANDOM):
+        from .zoo.random_vlm import FAMILY_NAMES, random_vlm
+
+        family = name[len(RANDOM):]
+        if family not in FAMILY_NAMES:
+            raise ValueError(f"{name!r}: no such family; use random:<family> with one of {', '.join(FAMILY_NAMES)}")
+        module, random_processor = random_vlm(family, attn=attn_implementation or "sdpa")
+        model = load(module, processor=processor or random_processor, template=template)
+        model.source = name
+        return model
     if name == "tiny":
         if not (TINY_PATH / "config.json").exists():
             raise FileNotFoundError(f"the embedded tiny model is missing at {TINY_PATH}; retrain it with "

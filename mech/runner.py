@@ -333,6 +333,9 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
     if fast not in (False, True, "exact", "shared"):
         raise ValueError(f"fast={fast!r}: use False (naive runs), True or 'exact' (bitwise-exact sweep) "
                          "or 'shared' (image rows shared across the batch)")
+    if fast == "shared" and model.family.shared_rows:
+        raise ValueError(f"fast='shared' does not apply to {model.family.name}: {model.family.shared_rows}; "
+                         "use fast=True (the bitwise-exact sweep) or fast=False")
     samples = list(samples)
     if isinstance(interventions, Mapping):
         named = dict(interventions)

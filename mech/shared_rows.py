@@ -89,7 +89,9 @@ class ImageRowTemplates:
     def __init__(self, model, max_bytes: int = DEFAULT_MAX_BYTES):
         if not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"max_bytes={max_bytes!r}: give a whole number of bytes >= 0 (0 keeps none)")
-        self.language = model.nn._module.model.language_model
+        if model.family.shared_rows:
+            raise ValueError(f"image-row templates do not apply to {model.family.name}: {model.family.shared_rows}")
+        self.language = model.family.language_model(model.nn._module)
         self.max_bytes = max_bytes
         from .decode_together import DecodeBuffer
 

@@ -42,28 +42,34 @@ class PromptTemplate:
     source: str
     text: str
 
+    placeholder: str = IMAGE_TOKEN  # the family's image placeholder
+
     def render(self, processor, question: str) -> str:
         if self.source == "processor chat template":
             turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
             return processor.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
         if self.source == "tokenizer chat template":
-            turn = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}]
+            turn = [{"role": "user", "content": f"{self.placeholder}\n{question}"}]
             return processor.tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
         return self.text.replace("{question}", question)
 
 
-def resolve(processor, template: str | None = None) -> PromptTemplate:
+def resolve(processor, template: str | None = None, placeholder: str = IMAGE_TOKEN) -> PromptTemplate:
     """The `PromptTemplate` for ``processor`` (None: structure-only models) and an
-    optional ``template`` (a format string or a name in `TEMPLATES`)."""
+    optional ``template`` (a format string or a name in `TEMPLATES`); ``placeholder`` is
+    the family's image placeholder (the named templates and the fallback are LLaVA's)."""
     if template is not None:
         text = TEMPLATES.get(template, template)
-        if text.count(IMAGE_TOKEN) != 1 or "{question}" not in text:
-            raise ValueError(f"template {template!r} must contain exactly one {IMAGE_TOKEN} and "
-                             f"'{{question}}', or be one of {', '.join(TEMPLATES)}")
-        return PromptTemplate("given", text)
+        if text.count(placeholder) != 1 or "{question}" not in text:
+            raise ValueError(f"template {template!r} must contain exactly one {placeholder} and "
+                             f"'{{question}}', or be one of {', '.join(TEMPLATES)} (LLaVA's)")
+        return PromptTemplate("given", text, placeholder)
     for source, owner in (("processor", processor), ("tokenizer", getattr(processor, "tokenizer", None))):
         chat = getattr(owner, "chat_template", None)
         if chat:
             text = chat if isinstance(chat, str) else json.dumps(chat, sort_keys=True)
-            return PromptTemplate(f"{source} chat template", text)
+            return PromptTemplate(f"{source} chat template", text, placeholder)
+    if placeholder != IMAGE_TOKEN:
+        raise ValueError(f"the processor has no chat template and lmms-eval's fallback is LLaVA's; pass "
+                         f"template= with {placeholder} and {{question}}")
     return PromptTemplate("lmms-eval vicuna fallback", VICUNA_FALLBACK)

@@ -95,10 +95,6 @@ class SweepTimes(dict):
     clean run: vision tower, full prefill, decode; a layer its incremental run)."""
 
 
-def _decoder_layers(module) -> torch.nn.ModuleList:
-    return module.model.language_model.layers
-
-
 def _generate(module, inputs: dict, max_new_tokens: int, pad_token_id, scores: bool):
     out = module.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                           pad_token_id=pad_token_id, return_dict_in_generate=True,
@@ -148,7 +144,7 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers {layers} repeat a layer")
     module = model.nn._module
-    decoder = _decoder_layers(module)
+    decoder = model.family.decoder_layers(module)
     pad = model.processor.tokenizer.pad_token_id
     sync = (lambda: torch.cuda.synchronize(model.device)) if model.device.type == "cuda" else (lambda: None)
     clock = _Clock(sync)
@@ -162,6 +158,10 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
         raise ValueError("templates= is for share_image_rows=True; the bitwise sweep computes every row")
     if share_image_rows:
         from .shared_rows import ImageRowTemplates, SharedLayoutError, shared_layout
+
+        if model.family.shared_rows:
+            raise ValueError(f"share_image_rows does not apply to {model.family.name}: {model.family.shared_rows}; "
+                             "run without it (the bitwise-exact sweep)")
 
         templates = ImageRowTemplates(model) if templates is None else templates
 
@@ -194,7 +194,7 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
     if baseline:
         results[None] = _output(clean, return_scores)
 
-    text_inputs = {k: v for k, v in batch.generate_inputs.items() if k in ("input_ids", "attention_mask")}
+    text_inputs = model.family.text_inputs(batch.generate_inputs)
 
     def variant(layer, new_tokens, cache=None):
         stand_ins = {i: _CachedLayer(decoder[i], i, *cached[i]) for i in range(layer)}

@@ -27,15 +27,19 @@ LLAVA_CHAT_TEMPLATE = (
 TEMPLATE_WORDS = ("user", "assistant", ":", "[", "]", "inst", "/", "?", ".", ",", "'")
 
 
-def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
+def build_tokenizer(words: Iterable[str], special: Sequence[str] = (), **named: str) -> PreTrainedTokenizerFast:
     """A lower-casing word-level tokenizer over ``words`` plus the template words.
 
     Punctuation is split off words, so ``"ASSISTANT:"`` is two tokens. Unknown words map
-    to ``<unk>``. ``<image>`` is a special token that is never split or lower-cased.
+    to ``<unk>``. ``<image>`` and ``special`` (another family's markers, e.g.
+    ``<|image_pad|>``) are special tokens, never split or lower-cased; ``named`` makes
+    some of them attributes a family's processor reads (``boi_token="<start_of_image>"``
+    gives ``tokenizer.boi_token`` and ``tokenizer.boi_token_id``).
     """
+    specials = (*SPECIAL_TOKENS, *special)
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *TEMPLATE_WORDS, *words):
-        token = token if token in SPECIAL_TOKENS else token.lower()
+    for token in (*specials, *TEMPLATE_WORDS, *words):
+        token = token if token in specials else token.lower()
         vocab.setdefault(token, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
@@ -49,11 +53,11 @@ def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>", **named},
         padding_side="left",
         add_bos_token=False,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", *special]})
     return tokenizer
 
 

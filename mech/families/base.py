@@ -1,0 +1,73 @@
+"""`Family`: the adapter interface, with the behaviour most families share (LLaVA's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between architecture families.
+
+    Attributes:
+        name: mech's name of the family (``"qwen2-vl"``), recorded in every result.
+        architecture: the Hugging Face class name.
+        model_type: config.json's ``model_type`` of that class.
+        hub_ids: checkpoints a user would pass to `mech.load` (README, errors).
+        placeholder: what a prompt holds once per image before processing (the processor
+            expands it into the image tokens; ``config.image_token_id`` marks those).
+        layer_path: dotted module path of the decoder layer list.
+        shared_rows: None if the shared-image-rows sweep applies, else why not.
+    """
+
+    name: str
+    architecture: str
+    model_type: str
+    hub_ids: tuple[str, ...] = ()
+    placeholder: str = "<image>"
+    layer_path: str = "model.language_model.layers"
+    shared_rows: str | None = None
+
+    # -- structure ---------------------------------------------------------------
+
+    def language_model(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The decoder stack (embeddings, layers, final norm, rotary) of the HF module."""
+        return module.get_submodule(self.layer_path.rsplit(".", 1)[0])
+
+    def decoder_layers(self, module: torch.nn.Module) -> torch.nn.ModuleList:
+        return module.get_submodule(self.layer_path)
+
+    def query_key(self, attention) -> tuple:
+        """``(q, k)`` of a self-attention envoy as the scores use them before rotary:
+        ``[batch, seq, heads * head_dim]`` and ``[batch, seq, kv_heads * head_dim]``."""
+        return attention.q_proj.output, attention.k_proj.output
+
+    # -- inputs ------------------------------------------------------------------
+
+    def processor_images(self, images: list, prompts: list[str]) -> list:
+        """``images`` as the family's processor takes them (flat: one per placeholder)."""
+        return images
+
+    def position_ids(self, inputs: dict) -> torch.Tensor | None:
+        """``[batch, seq]`` from the attention mask, as ``generate`` computes them (None:
+        the model computes its own, e.g. multimodal rotary positions)."""
+        pad = inputs["attention_mask"].long()
+        return (pad.cumsum(-1) - 1).clamp(min=0)
+
+    def text_inputs(self, inputs: dict) -> dict:
+        """Inputs of a run that reuses the vision tower's output: everything but the
+        pixels (what the text positions and masks need stays)."""
+        return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+
+    def image_tokens(self, model, height: int | None, width: int | None) -> int:
+        """Image tokens one ``height x width`` image becomes: counted in the processor's
+        own output for one prompt, the one authority for every family."""
+        if model.processor is None or height is None or width is None:
+            raise ValueError(f"{self.name} image-token counts depend on the image size and need the processor: "
+                             "pass height and width of a model loaded with its processor")
+        from PIL import Image
+
+        batch = model.prepare(questions=["?"], images=[Image.new("RGB", (width, height))])
+        return int(batch.image_counts[0])

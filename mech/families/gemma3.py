@@ -1,0 +1,43 @@
+"""Gemma 3: soft image tokens that attend to each other both ways, q/k normalised before
+rotary, sliding-window layers.
+
+The prompt's ``<start_of_image>`` becomes ``<start_of_image>``, the soft tokens
+(``config.image_token_id``, the ones masked) and ``<end_of_image>``. ``token_type_ids``
+make each image's tokens attend bidirectionally; the mask each layer receives carries
+that (and its sliding window), and every primitive edits or reads that mask, never a
+causal one of its own. The scores use ``q_norm``/``k_norm`` outputs, not the projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Family
+
+
+@dataclass(frozen=True)
+class Gemma3(Family):
+    placeholder: str = "<start_of_image>"
+    shared_rows: str | None = ("its image tokens attend to each other both ways and its layers use a sliding "
+                               "window, while shared image rows are computed causally on one template row")
+
+    def query_key(self, attention):
+        def flat(x):  # [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]
+            return x.transpose(1, 2).flatten(2)
+        return flat(attention.q_norm.output), flat(attention.k_norm.output)
+
+    def processor_images(self, images, prompts):
+        """Nested per prompt, as ``Gemma3Processor`` takes them."""
+        nested, start = [], 0
+        for prompt in prompts:
+            n = prompt.count(self.placeholder)
+            nested.append(list(images[start:start + n]))
+            start += n
+        return nested
+
+    def text_inputs(self, inputs):
+        return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+GEMMA3 = Gemma3("gemma3", "Gemma3ForConditionalGeneration", "gemma3",
+                hub_ids=("google/gemma-3-4b-it", "google/gemma-3-12b-it"))

@@ -1,0 +1,36 @@
+"""Qwen2-VL and Qwen2.5-VL: dynamic resolution and multimodal rotary positions (M-RoPE).
+
+Image tokens (``<|image_pad|>``, one per 2 x 2 merged patch) sit between
+``<|vision_start|>`` and ``<|vision_end|>``. The model computes its 3-D positions (time,
+height, width of each image token) from ``input_ids``, ``image_grid_thw`` and
+``mm_token_type_ids``, and only when ``position_ids`` is None: 1-D ids would silently give
+image tokens text positions, so none are passed. Its rotary module folds the three
+sections into ordinary ``cos``/``sin``, so attention recomputed from q/k (rotate-half)
+holds as for Llama.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Family
+
+
+@dataclass(frozen=True)
+class Qwen2VL(Family):
+    placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
+    shared_rows: str | None = ("its image rows' rotary positions depend on each image's grid (M-RoPE), so the "
+                               "zeroed rows of one image size are not those of another")
+
+    def position_ids(self, inputs):
+        return None  # the model's own 3-D positions (see the module docstring)
+
+    def text_inputs(self, inputs):
+        return {k: v for k, v in inputs.items()
+                if k in ("input_ids", "attention_mask", "image_grid_thw", "mm_token_type_ids")}
+
+
+QWEN2_VL = Qwen2VL("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl",
+                   hub_ids=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"))
+QWEN2_5_VL = Qwen2VL("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl",
+                     hub_ids=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"))
