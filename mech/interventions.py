@@ -425,19 +425,24 @@ class CaptureImageAttention(Intervention):
 
 # -- contrastive attention -----------------------------------------------------
 
-REVIEW_FROM_END = 3  # LLaVA-1.5-7B: review layer 29 of 32 (0-based), three from the end
+REVIEW_DEPTH = 29 / 32     # LLaVA-1.5-7B: review layer 29 of 32 (0-based)
+REVIEW_FROM_END = 3        # ... three from the end
 
 
 def default_review_layer(n_layers: int) -> int:
-    """The paper's review layer counted from the end: ``n_layers - 3`` (29 of 32).
+    """The paper's review layer at the same relative depth, ``round(29/32 * n)``, but at
+    least three from the end: ``min(round(29/32 * n), n - 3)`` (29 of 32, 25 of 28, 21 of 24).
 
-    Counted from the end, not at the same relative depth, so that layers follow it:
-    a residual-stream mask at the review layer's input reaches that layer's attention
-    only through the layers after it (RMSNorm divides a per-token scale back out), and at
-    the relative depth of a small model (7 of 8) none would. Models of 4 layers or fewer
-    get ``max(1, n_layers - 2)``.
+    Relative depth carries the paper's layer across families of different depth; the cap
+    keeps layers after it in small models: a residual-stream mask at the review layer's
+    input reaches that layer's attention only through the layers after it (RMSNorm
+    divides a per-token scale back out), and at the bare relative depth of an 8-layer
+    model (7 of 8) none would follow. Models of 4 layers or fewer get
+    ``max(1, n_layers - 2)``.
     """
-    return n_layers - REVIEW_FROM_END if n_layers > 4 else max(1, n_layers - 2)
+    if n_layers <= 4:
+        return max(1, n_layers - 2)
+    return min(round(REVIEW_DEPTH * n_layers), n_layers - REVIEW_FROM_END)
 
 
 MASK_AT = ("input", "normed", "attention")

@@ -128,13 +128,19 @@ class ViCrop(Decoder):
     crop_size: int | None = None
     general_prompt: str = GENERAL_PROMPT
 
+    @staticmethod
+    def applies_to(model) -> bool:
+        """ViCrop's crop box reads A(i) as one square patch grid per image: LLaVA-1.5 only."""
+        return model.family.name == "llava-1.5"
+
     def attention_layer(self, model) -> int:
         layer = default_attention_layer(model.n_layers) if self.layer is None else self.layer
         return model.check_layer(layer, "ViCrop attention layer")
 
     def validate(self, model) -> None:
-        if model.family.name != "llava-1.5":
-            raise ValueError("ViCrop needs LLaVA-1.5's square patch grid; LLaVA-NeXT is not supported")
+        if not self.applies_to(model):
+            raise ValueError(f"ViCrop needs LLaVA-1.5's fixed square patch grid; {model.family.name} is not "
+                             "supported")
         self.attention_layer(model)
         if self.crop_size is not None and self.crop_size < 1:
             raise ValueError(f"crop_size={self.crop_size}: give a positive number of pixels")

@@ -67,6 +67,9 @@ def check_decoders(args, model) -> None:
                                                              repetition_penalty=args.repetition_penalty)),
                          ("--vicrop-layer", lambda: mech.ViCrop(layer=args.vicrop_layer,
                                                                 crop_size=args.vicrop_crop_size))):
+        if option == "--vicrop-layer" and not mech.ViCrop.applies_to(model) and args.vicrop_layer is None \
+                and args.vicrop_crop_size is None:
+            continue  # not run on this family (systems), unless asked for by an option
         try:
             make().validate(model)
         except ValueError as error:
@@ -80,12 +83,15 @@ def systems(args, model, chosen) -> dict:
 
     layers = dola_layers(args)
     below = [layer for layer in chosen.fusion if layer < chosen.post]
-    return {
+    named = {
         "dola": mech.DoLa(layers=layers, repetition_penalty=args.repetition_penalty),
         "vicrop": mech.ViCrop(layer=args.vicrop_layer, crop_size=args.vicrop_crop_size),
         "contrastive": mech.ContrastiveMask(review=chosen.review, post=chosen.post,
                                             candidates=below if below else "all", rho=args.rho, lam=args.lam),
     }
+    if not mech.ViCrop.applies_to(model):  # LLaVA-1.5's patch grid only: left out, and said so
+        del named["vicrop"]
+    return named
 
 
 def table(ds: xr.Dataset, seed: int) -> xr.Dataset:
@@ -141,7 +147,8 @@ def main(argv=None) -> xr.Dataset:
     options = common.run_options(args)
     named = systems(args, model, chosen)
     print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}; "
-          f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}")
+          f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}"
+          + ("" if "vicrop" in named else f"; ViCrop not run (LLaVA-1.5 only, not {model.family.name})"))
     ds = common.compare(model, samples, named, "system", out=args.out, seed=args.seed, **options)
     ds["system"].attrs["long_name"] = "method compared with the plain model (baseline_*)"
     ds["dola_premature_count"] = dola_histogram(model, samples, named["dola"], args.out, **options)
@@ -150,7 +157,8 @@ def main(argv=None) -> xr.Dataset:
     ds.attrs.update(common.provenance(
         args, model, study="baselines", rho=args.rho, lam=args.lam,
         dola=repr(named["dola"]), dola_candidates=list(named["dola"].candidates(model)),
-        vicrop=repr(named["vicrop"]), vicrop_layer=named["vicrop"].attention_layer(model),
+        **({"vicrop": repr(named["vicrop"]), "vicrop_layer": named["vicrop"].attention_layer(model)}
+           if "vicrop" in named else {"vicrop": f"not run: ViCrop applies to LLaVA-1.5 only, not {model.family.name}"}),
         contrastive=repr(named["contrastive"]), **chosen.attrs()))
     print(format_table(t))
     if mech.parallel.current().writes:

@@ -28,8 +28,10 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny",
-                   help="'tiny' (the embedded model, default), a local checkpoint folder, or a "
-                        "Hugging Face id such as llava-hf/llava-1.5-7b-hf")
+                   help="'tiny' (the embedded model, default), a local checkpoint folder, a "
+                        "Hugging Face id of a supported family (llava-hf/llava-1.5-7b-hf, "
+                        "Qwen/Qwen2-VL-2B-Instruct, google/gemma-3-4b-it, ...), or random:FAMILY for a "
+                        "tiny random model of that family (random:qwen2-vl)")
     p.add_argument("--revision", default=None, help="hub revision to pin (with a hub id)")
     p.add_argument("--datasets", default="shapes,shapes-dots",
                    help="comma-separated: shapes (clean test scenes), shapes-dots / shapes-speckle / shapes-crowd "

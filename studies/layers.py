@@ -3,7 +3,8 @@
 Discovery runs the layer-masking sweep (reusing finished chunks) and applies
 `mech.discovery.discover_layers` to the per-sample scores pooled over datasets. When
 no review layer is found, the study says so and falls back to the paper's review layer
-counted from the end (`mech.default_review_layer`: n - 3, 29 of 32), labelled
+at its relative depth, at least three from the end (`mech.default_review_layer`: 29 of
+32, 25 of 28, 5 of 8), labelled
 ``"fallback"`` everywhere it is used.
 """
 
@@ -122,5 +123,5 @@ def resolve(args, model, masking: xr.Dataset | None) -> Layers:
     review = mech.default_review_layer(model.n_layers)
     post = review - 1 if args.post is None else model.check_layer(args.post, "post-integrated layer")
     return Layers(fusion, review, post, "fallback",
-                  f"{found.reason} Falling back to the paper's review layer counted from the end (29 of 32, "
-                  f"three from the end): review layer {review} of {model.n_layers}.")
+                  f"{found.reason} Falling back to the paper's review layer at its relative depth (29 of 32), "
+                  f"at least three from the end: review layer {review} of {model.n_layers}.")

@@ -3,8 +3,8 @@
 1. Layer-masking sweep: zero the image tokens at the input of every decoder layer.
 2. Discover the fusion layers S, the review layer and the post-integrated layer from
    significant accuracy drops (`mech.discovery.discover_layers`; when no review layer
-   is found it says so and falls back to the paper's review layer counted from the end,
-   n - 3, labelled).
+   is found it says so and falls back to the paper's review layer at its relative depth,
+   at least three from the end, labelled).
 3. Check the post-integrated layer against the Hellinger profile (Fig. 5): the layer
    whose image attention is closest to the final layer's.
 4. Evaluate the model with and without contrastive attention at those layers on the

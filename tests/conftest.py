@@ -11,8 +11,9 @@ from tiny_models import QUESTIONS, random_images, tiny_llava
 
 torch.set_num_threads(1)  # 2 shared cores: one thread is faster and deterministic here
 
-FAMILIES = ["llava-1.5", "llava-next"]
-# NeXT rows differ in image-token count (anyres tiles depend on the image size).
+FAMILIES = ["llava-1.5", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl", "gemma3", "internvl"]
+# Rows differ in image-token count wherever the family allows (anyres tiles, dynamic
+# resolution, InternVL's tiles depend on the image size; LLaVA-1.5 and Gemma 3 are fixed).
 SIZES = [(40, 50), (30, 90), (64, 40)]
 
 

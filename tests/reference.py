@@ -79,6 +79,23 @@ def knockout_hooks(layers, which, mask, seq_len):
             for i in which]
 
 
+def knockout_edit_hooks(layers, which, input_ids, image_token_id, query_rows, seq_len):
+    """Block query -> image attention in the mask each layer receives (prefill only), for
+    families whose masks are not causal (Gemma 3: image tokens attend both ways, sliding
+    windows), where a causal reference mask would itself be wrong."""
+    block = query_rows[:, None, :, None] & (input_ids == image_token_id)[:, None, None, :]
+
+    def pre(mod, args, kwargs):
+        mask = kwargs["attention_mask"]
+        if mask.dtype == torch.bool:
+            mask = mask & ~block
+        else:
+            mask = mask.masked_fill(block, torch.finfo(mask.dtype).min)
+        return args, {**kwargs, "attention_mask": mask}
+    return [layers[i].self_attn.register_forward_pre_hook(prefill_only(pre, seq_len), with_kwargs=True)
+            for i in which]
+
+
 def eager_image_attention(module, inputs, image_token_id, layers, heads="mean"):
     """A(i) from transformers' own output_attentions (eager), one list per layer of rows."""
     with torch.no_grad():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import mech
-from reference import (eager_image_attention, hooks, knockout_hooks, knockout_mask, multiplier,
-                       scale_hook)
+from reference import (eager_image_attention, hooks, knockout_edit_hooks, knockout_hooks, knockout_mask,
+                       multiplier, scale_hook)
 
 TOL = 1e-5
 NEW_TOKENS = 3
@@ -91,11 +91,15 @@ def test_composed_interventions_match_hooks_in_any_order(model, batch):
 def test_knockout_matches_hooks(model, batch, query):
     layers = model.nn._module.model.language_model.layers
     rows = batch.last_token if query == "last" else batch.text_after_image
-    mask = knockout_mask(batch.inputs["input_ids"], batch.inputs["attention_mask"],
-                         model.image_token_id, rows)
     which = [0, 2]
-    check_against(model, batch, knockout_hooks(layers, which, mask, batch.seq_len),
-                  mech.Knockout(layers=which, query=query))
+    if model.family.name == "gemma3":  # not a causal mask: edit the one each layer receives
+        handles = knockout_edit_hooks(layers, which, batch.inputs["input_ids"], model.image_token_id, rows,
+                                      batch.seq_len)
+    else:
+        mask = knockout_mask(batch.inputs["input_ids"], batch.inputs["attention_mask"],
+                             model.image_token_id, rows)
+        handles = knockout_hooks(layers, which, mask, batch.seq_len)
+    check_against(model, batch, handles, mech.Knockout(layers=which, query=query))
 
 
 @pytest.mark.parametrize("heads,key_block", [("mean", 128), ("max", 128), ("none", 128), ("mean", 7)])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mech
-from tiny_models import tiny_llava, tiny_samples
+from tiny_models import skip_without_shared_rows, tiny_llava, tiny_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,6 +249,7 @@ def test_shared_rows_sweep_on_the_trained_tiny_model():
 def test_shared_rows_sweep_without_padding(model, batch):
     """One row, or rows of equal length: no attention mask reaches the layers (SDPA's
     causal flag), and the rows after the image still see only what they may."""
+    skip_without_shared_rows(model)
     from tiny_models import random_images
 
     for prepared in (model.prepare(prompts=batch.prompts[:1], images=random_images(1)),
@@ -262,9 +263,11 @@ def test_shared_rows_sweep_without_padding(model, batch):
 
 
 def test_shared_rows_refuses_rows_with_different_text_before_the_image(model):
+    skip_without_shared_rows(model)
     from tiny_models import random_images
 
-    batch = model.prepare(prompts=["USER: <image>\nwhat? ASSISTANT:", "USER: look <image>\nwhat? ASSISTANT:"],
+    mark = model.family.placeholder
+    batch = model.prepare(prompts=[f"USER: {mark}\nwhat? ASSISTANT:", f"USER: look {mark}\nwhat? ASSISTANT:"],
                           images=random_images(2))
     with pytest.raises(ValueError, match="differ in the text before the image.*bitwise-exact"):
         mech.zero_mask_sweep(model, batch, [1], 2, share_image_rows=True)
@@ -337,6 +340,7 @@ def test_run_level_templates_are_independent_of_batch_order(family):
 def test_template_rows_equal_a_zero_masked_unpadded_prompt(model):
     """The template is the image rows of a plain unpadded forward with the image tokens
     zeroed at layer L (an independent computation: the whole prompt at once, a hook)."""
+    skip_without_shared_rows(model)
     from mech.shared_rows import shared_layout
     from tiny_models import random_images
 
@@ -368,6 +372,7 @@ def test_template_rows_equal_a_zero_masked_unpadded_prompt(model):
 
 def test_templates_memory_bound_changes_nothing_but_memory(model, batch):
     """``max_bytes=0`` keeps nothing (every template recomputed) and gives the same bits."""
+    skip_without_shared_rows(model)
     kept, none = mech.ImageRowTemplates(model), mech.ImageRowTemplates(model, max_bytes=0)
     for _ in range(2):
         a = mech.zero_mask_sweep(model, batch, None, 3, return_scores=True, share_image_rows=True, templates=kept)
@@ -438,6 +443,7 @@ def test_variants_decoded_together_equal_each_decoded_alone(family, step):
 def test_variants_decoded_together_in_groups_when_the_buffer_is_bounded(model, batch):
     """A decode buffer too small for every variant decodes them in groups (or alone),
     with the same ids; its memory is reported with the templates'."""
+    skip_without_shared_rows(model)
     alone = mech.zero_mask_sweep(model, batch, None, 4, share_image_rows=True, decode_together=False)
     cfg = model.nn._module.config.text_config
     one = 2 * model.n_layers * 4 * batch.size * cfg.num_key_value_heads * (batch.seq_len + 4) * \

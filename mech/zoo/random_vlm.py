@@ -162,22 +162,24 @@ def _internvl(words, size, shape):
     return InternVLForConditionalGeneration, config, processor, "model.multi_modal_projector.linear_2.weight"
 
 
-def random_vlm(family: str = "llava-1.5", *, attn: str = "sdpa", layers: int = 4, hidden: int = 64,
+def random_vlm(family: str = "llava-1.5", *, attn: str = "sdpa", layers: int = 4, hidden: int | None = None,
                heads: int = 4, kv_heads: int = 2, image_size: int = 32, words=WORDS, seed: int = 0,
                image_gain: float = 20.0, qk_gain: float = 2.0):
     """``(module, processor)`` of ``family`` (one of `FAMILY_NAMES`) with seeded random
     weights, identical for any ``attn``; a tiny model unless sizes are given.
 
-    Image-token counts per image depend on the family: fixed for LLaVA-1.5 and Gemma 3,
-    on the image size (tiles, dynamic resolution) for the others, so a batch of images of
-    different sizes has rows with different counts.
+    ``hidden`` defaults to 64 (32 for the LLaVA families, `random_llava`'s own default;
+    ``qk_gain`` does not apply to them). Image-token counts per image depend on the
+    family: fixed for LLaVA-1.5 and Gemma 3, on the image size (tiles, dynamic
+    resolution) for the others, so a batch of images of different sizes has rows with
+    different counts.
     """
     if family not in FAMILY_NAMES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
     if family in ("llava-1.5", "llava-next"):
-        return random_llava(family, attn=attn, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+        return random_llava(family, attn=attn, layers=layers, hidden=hidden or 32, heads=heads, kv_heads=kv_heads,
                             image_size=image_size, words=words, seed=seed, image_gain=image_gain)
-    words, shape = list(words), dict(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads)
+    words, shape = list(words), dict(layers=layers, hidden=hidden or 64, heads=heads, kv_heads=kv_heads)
     build = {"llava-onevision": _onevision, "gemma3": _gemma3, "internvl": _internvl}.get(family)
     cls, config, processor, projector = (build(words, image_size, shape) if build else
                                          _qwen(words, image_size, shape, family))
