@@ -174,8 +174,7 @@ def decode(model, batch, dola: DoLa, max_new_tokens: int) -> DolaSteps:
     pad = model.processor.tokenizer.pad_token_id
     inputs = dict(batch.inputs)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    # None: the family computes its own positions (in decode steps from the prefill's)
-    position = inputs["position_ids"][:, -1:] if "position_ids" in inputs else None
+    position = model.family.last_position(model, batch)
     cache = DynamicCache()
     done = torch.zeros(batch.size, dtype=torch.bool, device=ids.device)
     finished_at = torch.full((batch.size,), max_new_tokens, dtype=torch.long)
@@ -204,10 +203,9 @@ def decode(model, batch, dola: DoLa, max_new_tokens: int) -> DolaSteps:
             done |= torch.isin(token, torch.tensor(sorted(eos), device=token.device))
             ids = torch.cat([ids, token[:, None]], 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            position = None if position is None else position + 1
+            position = position + 1
             if bool(done.all()):
                 break
-            inputs = {"input_ids": token[:, None], "attention_mask": mask,
-                      **({} if position is None else {"position_ids": position})}
+            inputs = {"input_ids": token[:, None], "attention_mask": mask, "position_ids": position}
     return DolaSteps(torch.stack(new, 1), torch.stack(premature, 1), torch.stack(divergences, 1),
                      torch.stack(all_scores, 1), finished_at, candidates)

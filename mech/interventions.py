@@ -129,7 +129,7 @@ def run_steps(model, steps: Sequence[Step]) -> None:
         value = _read(model, layer, site)
         changed = False
         for step in group:
-            new = step.fn(value, state.setdefault(layer, {}))
+            new = step.fn(value, state.setdefault(layer, {"layer": layer}))
             if new is not None:
                 value, changed = new, True
         if changed:
@@ -174,38 +174,45 @@ def _check_location(at: str, name: str = "at") -> None:
         raise ValueError(f"{name}={at!r}; use one of: " + "; ".join(f"{k!r} ({v})" for k, v in LOCATIONS.items()))
 
 
-def _key_weights(batch: Batch, weights, length: int, device) -> torch.Tensor:
-    """``[batch, length]`` multiplicative weight per key position: ``weights`` on the image
-    tokens, 1 elsewhere (positions after the prompt, generated tokens, too)."""
+def _key_weights(batch: Batch, weights, total: int, length: int, device) -> torch.Tensor:
+    """``[batch, length]`` multiplicative weight per key of a mask over the last ``length``
+    of ``total`` positions (a sliding-window layer's cache keeps only its window):
+    ``weights`` on the image tokens, 1 elsewhere (generated tokens too)."""
     if not isinstance(weights, torch.Tensor):
         weights = torch.full(batch.image_index.shape, float(weights))
     weights = weights.float().to(device)
     weights = torch.where(batch.image_valid.to(device), weights, torch.ones_like(weights))
     per_position = scatter_image(weights, batch.image_index.to(device), batch.seq_len, 1.0)
-    return torch.nn.functional.pad(per_position, (0, length - batch.seq_len), value=1.0)
+    per_position = torch.nn.functional.pad(per_position, (0, max(total - batch.seq_len, 0)), value=1.0)
+    return per_position[:, total - length:total]
 
 
 def _suppress_keys(batch: Batch, weights) -> Callable:
     """A step on ``attention_inputs``: multiply the attention every query gives each key by
     its weight before normalisation, i.e. add ``log(weight)`` to the attention logits
     (weight 0 removes the key). Works on the bool (SDPA), additive (eager) or absent mask
-    of the prefill and of decode steps alike."""
-    def suppress(call, _):
+    of the prefill and of decode steps alike, and on sliding-window layers, whose mask
+    covers only the last keys."""
+    def suppress(call, state):
         args, kwargs = call
         mask = kwargs.get("attention_mask")
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         q_len = hidden.shape[1]
+        cache = kwargs.get("past_key_values")
+        # positions so far, this forward's included (the cache is updated inside attention)
+        total = q_len if cache is None else cache.get_seq_length(state["layer"]) + q_len
         if mask is None:  # SDPA without padding passes no mask: make the one it implies
             if q_len == batch.seq_len:  # the prefill
                 mask = _additive_causal_mask(batch, hidden.dtype, hidden.device)
-            else:  # one new token: it sees every key in the cache and itself
-                length = int(kwargs["cache_position"][-1]) + 1
-                mask = torch.zeros(hidden.shape[0], 1, q_len, length, dtype=hidden.dtype, device=hidden.device)
+            else:  # new tokens: they see every key in the cache and themselves (causally)
+                allowed = torch.ones(q_len, total, dtype=torch.bool, device=hidden.device).tril(total - q_len)
+                mask = torch.zeros(hidden.shape[0], 1, q_len, total, dtype=hidden.dtype,
+                                   device=hidden.device).masked_fill(~allowed, torch.finfo(hidden.dtype).min)
         if mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(hidden.dtype).min)
         low = torch.finfo(mask.dtype).min
-        key = _key_weights(batch, weights, mask.shape[-1], mask.device)
+        key = _key_weights(batch, weights, total, mask.shape[-1], mask.device)
         bias = torch.where(key > 0, key.clamp_min(torch.finfo(torch.float32).tiny).log(),
                            torch.full_like(key, float("-inf")))
         mask = (mask.float() + bias[:, None, None, :]).clamp_min(low).to(mask.dtype)

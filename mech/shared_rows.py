@@ -161,14 +161,14 @@ class SharedImageRows:
         templates: the run's `ImageRowTemplates`.
         layout: `shared_layout` of the batch.
         layer: L, the layer whose input has its image tokens zeroed.
-        clean_kv: ``{layer: (keys, values)}`` of the batch's clean prefill, each
+        clean_kv: ``{layer: (keys, values, seen)}`` of the batch's clean prefill, each
             ``[batch, kv_heads, seq, head_dim]``, for every layer ``>= L``.
     """
 
     def __init__(self, templates: ImageRowTemplates, layout: dict, layer: int, clean_kv: dict):
         self.decoder, self.layout, self.layer = templates.language.layers, layout, layer
         rows = {n: templates.get(layer, n, layout["prefix_ids"]) for n in sorted(set(layout["counts"].tolist()))}
-        self.prefix_kv = {j: self._prefix(j, *clean_kv[j], rows) for j in range(layer, len(self.decoder))}
+        self.prefix_kv = {j: self._prefix(j, *clean_kv[j][:2], rows) for j in range(layer, len(self.decoder))}
 
     def _prefix(self, j: int, keys: torch.Tensor, values: torch.Tensor, rows: dict):
         """Keys and values ``[batch, kv_heads, s0, head_dim]`` of every row before ``s0``:

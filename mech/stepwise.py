@@ -42,8 +42,7 @@ def generate(model, batch, interventions, max_new_tokens: int, *, remote=False):
     options = {"remote": remote} if remote else {}
     inputs = dict(batch.inputs)
     mask = inputs["attention_mask"]
-    # None: the family computes its own positions (in decode steps from the prefill's)
-    position = inputs["position_ids"][:, -1:] if "position_ids" in inputs else None
+    position = model.family.last_position(model, batch)
     cache = DynamicCache()
     done = torch.zeros(batch.size, dtype=torch.bool)
     new = []
@@ -65,7 +64,6 @@ def generate(model, batch, interventions, max_new_tokens: int, *, remote=False):
                 break
             device = mask.device
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            position = None if position is None else position + 1
-            inputs = {"input_ids": token[:, None].to(device), "attention_mask": mask,
-                      **({} if position is None else {"position_ids": position})}
+            position = position + 1
+            inputs = {"input_ids": token[:, None].to(device), "attention_mask": mask, "position_ids": position}
     return torch.stack(new, 1), results

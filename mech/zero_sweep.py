@@ -55,17 +55,21 @@ class _CachedLayer(torch.nn.Module):
     """Stands in for decoder layer ``index``: in the prefill it only pushes the clean
     run's key/value states of that layer into the cache; later calls run the real layer."""
 
-    def __init__(self, layer: torch.nn.Module, index: int, keys: torch.Tensor, values: torch.Tensor):
+    def __init__(self, layer: torch.nn.Module, index: int, keys: torch.Tensor, values: torch.Tensor,
+                 seen: int | None = None):
         super().__init__()
         self._real = [layer]  # a list: not registered as a submodule
-        self.index, self.keys, self.values = index, keys, values
+        self.index, self.keys, self.values, self.seen = index, keys, values, seen
         self.prefill = True
 
     def forward(self, hidden_states, *args, **kwargs):
         if not self.prefill:
             return self._real[0](hidden_states, *args, **kwargs)
         self.prefill = False
-        kwargs["past_key_values"].update(self.keys, self.values, self.index)
+        cache = kwargs["past_key_values"]
+        cache.update(self.keys, self.values, self.index)
+        if self.seen is not None:  # a sliding-window layer keeps its window but counts every token
+            cache.layers[self.index].cumulative_length = self.seen
         return hidden_states  # never read: the input of layer L is replaced
 
 
@@ -181,7 +185,7 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
         def hook(_, args, kwargs, output):
             if index not in cached:
                 layer = kwargs["past_key_values"].layers[index]
-                cached[index] = (layer.keys, layer.values)
+                cached[index] = (layer.keys, layer.values, getattr(layer, "cumulative_length", None))
         return hook
 
     handles = [decoder[i].register_forward_pre_hook(keep_input(i), with_kwargs=True) for i in needed]

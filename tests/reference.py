@@ -130,8 +130,8 @@ def attention_scale_hooks(layers, first, key_weights):
         hidden = args[0] if args else kwargs["hidden_states"]
         q_len = hidden.shape[1]
         mask = kwargs.get("attention_mask")
+        length = kwargs["past_key_values"].get_seq_length(mod.layer_idx) + q_len  # positions so far
         if mask is None:
-            length = int(kwargs["cache_position"][-1]) + 1
             allowed = torch.ones(hidden.shape[0], 1, q_len, length, dtype=torch.bool)
             if q_len > 1:
                 allowed = allowed & torch.ones(q_len, length, dtype=torch.bool).tril(length - q_len)
@@ -140,8 +140,9 @@ def attention_scale_hooks(layers, first, key_weights):
             additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
         else:
             additive = mask.float().masked_fill(mask <= torch.finfo(mask.dtype).min, float("-inf"))
-        weights = torch.ones(mask.shape[0], mask.shape[-1])
+        # one weight per position so far; a sliding-window layer's mask covers the last keys only
+        weights = torch.ones(mask.shape[0], length)
         weights[:, :key_weights.shape[1]] = key_weights
-        additive = additive + weights.log()[:, None, None, :]
+        additive = additive + weights[:, length - mask.shape[-1]:].log()[:, None, None, :]
         return args, {**kwargs, "attention_mask": additive.clamp_min(torch.finfo(hidden.dtype).min).to(hidden.dtype)}
     return [layers[i].self_attn.register_forward_pre_hook(pre, with_kwargs=True) for i in range(first, len(layers))]

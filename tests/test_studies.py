@@ -115,8 +115,19 @@ def test_discovered_layers_or_an_honest_fallback():
     rising = [0.12, 0.30, 0.30, 0.34, 0.38, 0.59, 0.79, 0.79]
     chosen = layers.resolve(Args(), EightLayers(), synthetic_masking(rising))
     assert chosen.source == "fallback" and "no review layer found" in chosen.reason
-    assert chosen.review == 5  # the paper's review layer counted from the end (n - 3), said so
-    assert "counted from the end" in chosen.reason
+    assert chosen.review == 5  # the paper's relative depth, capped three from the end, said so
+    assert "relative depth" in chosen.reason and "three from the end" in chosen.reason
+
+
+@pytest.mark.parametrize("n", [5, 8, 12, 24, 28, 32, 34, 40, 80])
+def test_fallback_review_layer_keeps_the_papers_relative_depth(n):
+    """At the paper's depth (29 of 32) wherever that leaves three layers after it."""
+    import mech
+
+    review = mech.default_review_layer(n)
+    assert review <= n - 3
+    assert review == n - 3 or abs(review / n - 29 / 32) <= 0.5 / n
+    assert mech.default_review_layer(32) == 29
 
 
 def test_cli_rejects_bad_options(tmp_path):

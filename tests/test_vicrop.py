@@ -90,6 +90,6 @@ def test_vicrop_end_to_end_on_a_tiny_model():
     assert (both.image_counts == 2 * batch.image_counts).all()
     results = mech.run(model, samples, decoder=vicrop, batch_size=3, max_new_tokens=3, progress=False)
     assert [r.extras["box"] for r in results.records] == [list(b) for b in boxes]
-    with pytest.raises(ValueError, match="NeXT"):
+    with pytest.raises(ValueError, match="llava-next is not supported"):
         next_module, next_processor = tiny_llava("llava-next")
         ViCrop().validate(mech.load(next_module, processor=next_processor))

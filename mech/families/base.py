@@ -56,6 +56,11 @@ class Family:
         pad = inputs["attention_mask"].long()
         return (pad.cumsum(-1) - 1).clamp(min=0)
 
+    def last_position(self, model, batch) -> torch.Tensor:
+        """``[batch, 1]`` position id of each row's last prompt token; the k-th generated
+        token of a row is at it + k (`mech.stepwise`, `mech.dola` pass these)."""
+        return batch.inputs["position_ids"][:, -1:]
+
     def text_inputs(self, inputs: dict) -> dict:
         """Inputs of a run that reuses the vision tower's output: everything but the
         pixels (what the text positions and masks need stays)."""

@@ -25,6 +25,15 @@ class Qwen2VL(Family):
     def position_ids(self, inputs):
         return None  # the model's own 3-D positions (see the module docstring)
 
+    def last_position(self, model, batch):
+        """From the model's own 3-D positions (``get_rope_index``, index arithmetic only):
+        text after the image has equal time, height and width positions."""
+        inputs = batch.inputs
+        positions, _ = model.nn._module.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
+        return positions[0, :, -1:]
+
     def text_inputs(self, inputs):
         return {k: v for k, v in inputs.items()
                 if k in ("input_ids", "attention_mask", "image_grid_thw", "mm_token_type_ids")}

@@ -158,7 +158,8 @@ def _internvl(words, size, shape):
                                   image_size=[size, size], patch_size=[patch, patch])
     config = InternVLConfig(vision_config=vision.to_dict(), text_config=_text(Qwen2Config, tok, **shape).to_dict(),
                             image_token_id=tok.context_image_token_id, image_seq_length=per_tile,
-                            downsample_ratio=0.5, vision_feature_layer=-1)
+                            downsample_ratio=0.5, vision_feature_layer=-1,
+                            tie_word_embeddings=False)  # tied, a random model echoes its last input token
     return InternVLForConditionalGeneration, config, processor, "model.multi_modal_projector.linear_2.weight"
 
 
