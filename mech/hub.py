@@ -3,7 +3,6 @@ gets one clear sentence at once instead of a retrying client's traceback 30 s la
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 from urllib.parse import urlparse
@@ -17,16 +16,22 @@ def offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-@functools.cache
+_REACHABLE: dict[tuple, bool] = {}  # asked once per endpoint (a plain dict: functools.cache
+# wrappers pickle by reference, and remote traces ship this module by value to a server without mech)
+
+
 def reachable(timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``) opens within ``timeout``."""
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=timeout):
-            return True
-    except OSError:
-        return False
+    key = (url.hostname, url.port, url.scheme, timeout)
+    if key not in _REACHABLE:
+        try:
+            with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                          timeout=timeout):
+                _REACHABLE[key] = True
+        except OSError:
+            _REACHABLE[key] = False
+    return _REACHABLE[key]
 
 
 def unavailable(what: str, fix: str) -> str | None:

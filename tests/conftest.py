@@ -1,4 +1,5 @@
 import os
+import sys
 
 # Tests build their own fixtures; nothing may reach a model or data hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,3 +56,37 @@ def checkpoint(tmp_path_factory):
     module.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+class _NoMech:
+    """A meta-path finder that refuses mech, as a server without mech installed would."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "mech" or name.startswith("mech."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden: remote='local' stands for a server "
+                                      "without mech)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remote_local_without_mech():
+    """``remote="local"`` hides local modules while it deserialises a request, but an
+    editable install's import hook would still find mech; block it there too, so a trace
+    that does not ship all of its mech code fails here as it would on NDIF."""
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    hide, restore = LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore
+    blocker = _NoMech()
+
+    def hide_all(self):
+        hidden = hide(self)
+        sys.meta_path.insert(0, blocker)
+        return hidden
+
+    def restore_all(self, hidden):
+        if blocker in sys.meta_path:
+            sys.meta_path.remove(blocker)
+        restore(self, hidden)
+
+    LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore = hide_all, restore_all
+    yield
+    LocalSimulationBackend._hide_local_modules, LocalSimulationBackend._restore = hide, restore
