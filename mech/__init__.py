@@ -1,4 +1,4 @@
-"""mech: where does vision meet language in a LLaVA model?
+"""mech: where does vision meet language in a vision-language model (`mech.families`)?
 
 The public API: `load` a model, `Model.prepare` a batch, and inside
 ``model.trace(batch)`` / ``model.generate(batch)`` `apply` interventions —
