@@ -28,11 +28,14 @@ from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noq
 RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 
-def check_config(config: dict, where: str) -> None:
-    """ValueError unless a config.json describes a supported vision-language model."""
+def check_config(config: dict, where: str) -> Family:
+    """The family a config.json describes; ValueError unless it is a supported one."""
     architectures = config.get("architectures") or []
-    if any(a in FAMILIES for a in architectures) or config.get("model_type") in MODEL_TYPES:
-        return
+    for architecture in architectures:
+        if architecture in FAMILIES:
+            return FAMILIES[architecture]
+    if config.get("model_type") in MODEL_TYPES:
+        return FAMILIES[MODEL_TYPES[config["model_type"]]]
     found = f"architecture {architectures[0]}" if architectures else f"model_type {config.get('model_type')!r}"
     raise ValueError(f"unsupported {found} in {where}; mech supports {supported()}")
 
@@ -333,7 +336,11 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
         options["dtype"] = dtype
     if device_map is not None:
         options["device_map"] = device_map
-    nn = TransformersModel(target, task="image-text-to-text", dispatch=dispatch, **options)
-    if processor is not None:
-        nn.processor, nn.tokenizer = processor, processor.tokenizer
+    if processor is None:  # families whose processors have a video slot: built without it
+        local = Path(target)
+        config = json.loads((local / "config.json").read_text()) if local.is_dir() else _hub_config(target, revision)
+        processor = check_config(config, target).load_processor(
+            target, **({} if revision is None else {"revision": revision}))
+    given = {} if processor is None else {"processor": processor, "tokenizer": processor.tokenizer}
+    nn = TransformersModel(target, task="image-text-to-text", dispatch=dispatch, **given, **options)
     return Model(nn, template=template, source=name, revision=revision)

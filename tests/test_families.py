@@ -160,3 +160,25 @@ def test_every_study_on_a_family_with_its_own_positions_or_masks(name, tmp_path)
     reopened = xr.open_dataset(tmp_path / "baselines.nc")
     assert reopened.attrs["family"] == name
     reopened.close()
+
+
+@pytest.mark.parametrize("name", sorted(BY_NAME))
+def test_a_saved_checkpoint_loads_as_the_module_it_was_saved_from(name, tmp_path):
+    """``mech.load(folder)``, the path a hub checkpoint takes: the same family, prompts,
+    inputs and logits as the module and processor it was saved from. Processors with a
+    video slot load without it (transformers' video processors need torchvision)."""
+    module, processor = tiny_llava(name)
+    module.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, direct = mech.load(str(tmp_path)), mech.load(module, processor=processor)
+    assert loaded.family is direct.family and loaded.template == direct.template
+    images = random_images(2, sizes=SIZES[:2])
+    a, b = (m.prepare(questions=QUESTIONS[:2], images=images) for m in (loaded, direct))
+    assert a.prompts == b.prompts and sorted(a.inputs) == sorted(b.inputs)
+    assert all(torch.equal(a.inputs[k], b.inputs[k]) for k in a.inputs)
+    with torch.no_grad():
+        with loaded.trace(a):
+            got = loaded.logits.save()
+        with direct.trace(b):
+            expected = direct.logits.save()
+    assert torch.equal(got, expected)

@@ -7,6 +7,19 @@ from dataclasses import dataclass
 import torch
 
 
+def without_video(cls):
+    """Processor class ``cls`` declaring no video processor: transformers' classes with a
+    video slot type-check (and load) one, which needs torchvision, although image-only use
+    never calls it. Same behaviour for images and text; ``from_pretrained`` loads the
+    image processor, tokenizer and chat template only."""
+    class ImagesOnly(cls):
+        @classmethod
+        def get_attributes(klass):
+            return [a for a in super().get_attributes() if a != "video_processor"]
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
+    return ImagesOnly
+
+
 @dataclass(frozen=True)
 class Family:
     """What differs between architecture families.
@@ -20,6 +33,8 @@ class Family:
             expands it into the image tokens; ``config.image_token_id`` marks those).
         layer_path: dotted module path of the decoder layer list.
         shared_rows: None if the shared-image-rows sweep applies, else why not.
+        processor_class: the transformers processor class, when it has a video slot
+            (`load_processor` then builds it without one); None: AutoProcessor's choice.
     """
 
     name: str
@@ -29,6 +44,16 @@ class Family:
     placeholder: str = "<image>"
     layer_path: str = "model.language_model.layers"
     shared_rows: str | None = None
+    processor_class: str | None = None
+
+    def load_processor(self, source: str, **kwargs):
+        """The processor of a checkpoint folder or hub id, or None to leave it to
+        transformers (``AutoProcessor``)."""
+        if self.processor_class is None:
+            return None
+        import transformers
+
+        return without_video(getattr(transformers, self.processor_class)).from_pretrained(source, **kwargs)
 
     # -- structure ---------------------------------------------------------------
 

@@ -4,4 +4,5 @@
 from .base import Family
 
 INTERNVL = Family("internvl", "InternVLForConditionalGeneration", "internvl", placeholder="<IMG_CONTEXT>",
-                  hub_ids=("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf"))
+                  hub_ids=("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf"),
+                  processor_class="InternVLProcessor")

@@ -5,4 +5,5 @@ from .base import Family
 
 LLAVA_ONEVISION = Family("llava-onevision", "LlavaOnevisionForConditionalGeneration", "llava_onevision",
                          hub_ids=("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
-                                  "llava-hf/llava-onevision-qwen2-7b-ov-hf"))
+                                  "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
+                         processor_class="LlavaOnevisionProcessor")

@@ -40,6 +40,8 @@ class Qwen2VL(Family):
 
 
 QWEN2_VL = Qwen2VL("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl",
-                   hub_ids=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"))
+                   hub_ids=("Qwen/Qwen2-VL-2B-Instruct", "Qwen/Qwen2-VL-7B-Instruct"),
+                   processor_class="Qwen2VLProcessor")
 QWEN2_5_VL = Qwen2VL("qwen2.5-vl", "Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl",
-                     hub_ids=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"))
+                     hub_ids=("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"),
+                     processor_class="Qwen2_5_VLProcessor")

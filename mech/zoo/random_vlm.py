@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..families.base import without_video
 from .processor import build_tokenizer
 from .random_llava import WORDS, random_llava
 
@@ -30,17 +31,6 @@ def _chat_template(user: str, image: str, end: str, assistant: str) -> str:
             + "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
             + "{{ content['text'] }}{% endfor %}{{ '" + end + "' }}{% endfor %}"
             + "{% if add_generation_prompt %}{{ '" + assistant + "' }}{% endif %}")
-
-
-def _without_video(cls):
-    """``cls`` declaring no video processor: the hub classes type-check one (and need
-    torchvision to), although image-only use never calls it."""
-    class Offline(cls):
-        @classmethod
-        def get_attributes(klass):
-            return [a for a in super().get_attributes() if a != "video_processor"]
-    Offline.__name__ = Offline.__qualname__ = cls.__name__
-    return Offline
 
 
 def _text(config_cls, tok, *, layers, hidden, heads, kv_heads, **extra):
@@ -59,7 +49,7 @@ def _onevision(words, size, shape):
     tok = build_tokenizer(words, special=("<|im_start|>", "<|im_end|>", "<video>"), video_token="<video>")
     pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
     images = LlavaOnevisionImageProcessorPil(size={"height": size, "width": size}, image_grid_pinpoints=pinpoints)
-    processor = _without_video(LlavaOnevisionProcessor)(
+    processor = without_video(LlavaOnevisionProcessor)(
         image_processor=images, tokenizer=tok, num_image_tokens=(size // patch) ** 2,
         vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
         chat_template=_chat_template("<|im_start|>{role}\n", "<image>\n", "<|im_end|>\n", "<|im_start|>assistant\n"))
@@ -83,7 +73,7 @@ def _qwen(words, size, shape, version: str):
     images = T.Qwen2VLImageProcessorPil(patch_size=patch, merge_size=merge, temporal_patch_size=2,
                                         size={"shortest_edge": unit * unit, "longest_edge": (4 * unit) ** 2})
     cls = T.Qwen2VLProcessor if version == "qwen2-vl" else T.Qwen2_5_VLProcessor
-    processor = _without_video(cls)(
+    processor = without_video(cls)(
         image_processor=images, tokenizer=tok,
         chat_template=_chat_template("<|im_start|>{role}\n", "<|vision_start|><|image_pad|><|vision_end|>",
                                      "<|im_end|>\n", "<|im_start|>assistant\n"))
@@ -150,7 +140,7 @@ def _internvl(words, size, shape):
     images = GotOcr2ImageProcessorPil(size={"height": size, "width": size}, crop_to_patches=True, min_patches=1,
                                       max_patches=4)
     per_tile = (size // patch) ** 2 // 4  # pixel shuffle at downsample ratio 0.5
-    processor = _without_video(InternVLProcessor)(
+    processor = without_video(InternVLProcessor)(
         image_processor=images, tokenizer=tok, image_seq_length=per_tile,
         chat_template=_chat_template("<|im_start|>{role}\n", "<IMG_CONTEXT>\n", "<|im_end|>\n",
                                      "<|im_start|>assistant\n"))
