@@ -42,9 +42,14 @@ def test_unsupported_architectures_are_named_with_the_supported_ones():
 
 
 def test_image_tokens_are_those_the_processor_writes(model, family):
+    """Per row, as transformers' own size arithmetic (``_get_num_multimodal_tokens``,
+    which for InternVL also counts its ``<img>``/``</img>`` markers) gives them, and
+    ``model.image_tokens`` for each image alone."""
     images = random_images(3, sizes=SIZES)
     batch = model.prepare(questions=QUESTIONS, images=images)
     counts = batch.image_counts.tolist()
+    expected = model.processor._get_num_multimodal_tokens(image_sizes=[list(s) for s in SIZES])["num_image_tokens"]
+    assert counts == [n - (2 if family == "internvl" else 0) for n in expected]
     assert counts == [model.image_tokens(im.height, im.width) for im in images]
     if family not in ("llava-1.5", "gemma3"):  # the others depend on the image size
         assert len(set(counts)) > 1, counts
