@@ -7,8 +7,8 @@ scaled down, so that ``processor(text=..., images=...)`` expands the image place
 as the real processor does. For tests, demos and ``mech.load("random:<family>")``.
 
 Random towers are too smooth for interventions to show, so, as in `random_llava`, the
-image projector's output is scaled by ``image_gain`` (Gemma 3's projector is also
-zero-initialised), and the decoder's query/key projections by ``qk_gain``.
+image projector's output is scaled by ``image_gain`` (Gemma 3's, zero-initialised, is
+randomised first), and the decoder's query/key projections by ``qk_gain``.
 """
 
 from __future__ import annotations
