@@ -24,8 +24,8 @@ import torch
 from . import hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
-# MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
+# MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 
 def check_config(config: dict, where: str) -> Family:
