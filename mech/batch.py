@@ -46,16 +46,14 @@ class Batch:
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, torch.Tensor], image_token_id: int, prompts, ids=None, *,
-                    position_ids: torch.Tensor | None = ...):
-        """``position_ids``: default from the mask; None leaves them to the model (its own
-        multimodal positions, `mech.families.qwen2_vl`)."""
+                    mask_positions: bool = True):
+        """``mask_positions=False`` leaves position ids to the model (its own multimodal
+        positions, `mech.families.qwen2_vl`)."""
         image_mask = inputs["input_ids"] == image_token_id
         index, valid = image_layout(image_mask)
         inputs = dict(inputs)
-        if position_ids is ...:
-            position_ids = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-        if position_ids is not None:
-            inputs["position_ids"] = position_ids
+        if mask_positions:
+            inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         return cls(inputs, image_mask, index, valid, list(prompts), ids)
 
     @property

@@ -70,9 +70,9 @@ def _hub_config(name: str, revision: str | None) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def resolve_source(name: str, revision: str | None = None) -> str:
-    """What ``from_pretrained`` gets for ``name`` (a folder or a hub id), after checking,
-    before any weights load, that it exists and holds a supported model."""
+def resolve_source(name: str, revision: str | None = None) -> tuple[str, Family]:
+    """What ``from_pretrained`` gets for ``name`` (a folder or a hub id), and its family,
+    after checking, before any weights load, that it exists and holds a supported model."""
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -82,15 +82,13 @@ def resolve_source(name: str, revision: str | None = None) -> str:
             what = "the folder is empty" if not any(path.iterdir()) else "no config.json in it"
             raise FileNotFoundError(f"{name}: {what}; a model folder (save_pretrained or a hub snapshot) holds "
                                     "config.json, the weights and the processor files")
-        check_config(json.loads(config.read_text()), name)
-        return str(path)
+        return str(path), check_config(json.loads(config.read_text()), name)
     if name.count("/") != 1 or name.startswith((".", "/", "~")) or name.endswith("/"):
         raise FileNotFoundError(f"{name}: no such folder; give a model folder or a hub id such as "
                                 "llava-hf/llava-1.5-7b-hf")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         raise ValueError(f"{name!r} is neither a folder nor a hub id of the form org/name")
-    check_config(_hub_config(name, revision), name)
-    return name
+    return name, check_config(_hub_config(name, revision), name)
 
 
 class Model:
@@ -203,7 +201,7 @@ class Model:
                                  return_tensors="pt", padding=True)
         inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids,
-                                  position_ids=self.family.position_ids(inputs))
+                                  mask_positions=not self.family.own_positions)
         return batch.to(self.device)
 
     def _check_images(self, prompts: list[str], images: list) -> None:
@@ -326,9 +324,9 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
         if not (TINY_PATH / "config.json").exists():
             raise FileNotFoundError(f"the embedded tiny model is missing at {TINY_PATH}; retrain it with "
                                     f"`python -m mech.zoo.train` or check out data/ from the repository")
-        target = str(TINY_PATH)
+        target, family = resolve_source(str(TINY_PATH))
     else:
-        target = resolve_source(name, revision)
+        target, family = resolve_source(name, revision)
     options = dict(kwargs, attn_implementation=attn_implementation or "sdpa")
     if revision is not None:
         options["revision"] = revision
@@ -337,10 +335,7 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
     if device_map is not None:
         options["device_map"] = device_map
     if processor is None:  # families whose processors have a video slot: built without it
-        local = Path(target)
-        config = json.loads((local / "config.json").read_text()) if local.is_dir() else _hub_config(target, revision)
-        processor = check_config(config, target).load_processor(
-            target, **({} if revision is None else {"revision": revision}))
+        processor = family.load_processor(target, **({} if revision is None else {"revision": revision}))
     given = {} if processor is None else {"processor": processor, "tokenizer": processor.tokenizer}
     nn = TransformersModel(target, task="image-text-to-text", dispatch=dispatch, **given, **options)
     return Model(nn, template=template, source=name, revision=revision)

@@ -32,6 +32,10 @@ class Family:
         placeholder: what a prompt holds once per image before processing (the processor
             expands it into the image tokens; ``config.image_token_id`` marks those).
         layer_path: dotted module path of the decoder layer list.
+        own_positions: the model computes its own position ids (multimodal rotary), so a
+            batch carries none; otherwise they come from the attention mask (`Batch`).
+        text_keys: the inputs a run that reuses the vision tower's output keeps: all but
+            the pixels' (what the text positions and masks need).
         shared_rows: None if the shared-image-rows sweep applies, else why not.
         processor_class: the transformers processor class, when it has a video slot
             (`load_processor` then builds it without one); None: AutoProcessor's choice.
@@ -43,6 +47,8 @@ class Family:
     hub_ids: tuple[str, ...] = ()
     placeholder: str = "<image>"
     layer_path: str = "model.language_model.layers"
+    own_positions: bool = False
+    text_keys: tuple[str, ...] = ("input_ids", "attention_mask")
     shared_rows: str | None = None
     processor_class: str | None = None
 
@@ -75,21 +81,14 @@ class Family:
         """``images`` as the family's processor takes them (flat: one per placeholder)."""
         return images
 
-    def position_ids(self, inputs: dict) -> torch.Tensor | None:
-        """``[batch, seq]`` from the attention mask, as ``generate`` computes them (None:
-        the model computes its own, e.g. multimodal rotary positions)."""
-        pad = inputs["attention_mask"].long()
-        return (pad.cumsum(-1) - 1).clamp(min=0)
-
     def last_position(self, model, batch) -> torch.Tensor:
         """``[batch, 1]`` position id of each row's last prompt token; the k-th generated
         token of a row is at it + k (`mech.stepwise`, `mech.dola` pass these)."""
         return batch.inputs["position_ids"][:, -1:]
 
     def text_inputs(self, inputs: dict) -> dict:
-        """Inputs of a run that reuses the vision tower's output: everything but the
-        pixels (what the text positions and masks need stays)."""
-        return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        """Inputs of a run that reuses the vision tower's output (``text_keys``)."""
+        return {k: v for k, v in inputs.items() if k in self.text_keys}
 
     def image_tokens(self, model, height: int | None, width: int | None) -> int:
         """Image tokens one ``height x width`` image becomes: counted in the processor's

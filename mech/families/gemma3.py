@@ -18,6 +18,7 @@ from .base import Family
 @dataclass(frozen=True)
 class Gemma3(Family):
     placeholder: str = "<start_of_image>"
+    text_keys: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # the bidirectional block
     shared_rows: str | None = ("its image tokens attend to each other both ways and its layers use a sliding "
                                "window, while shared image rows are computed causally on one template row")
 
@@ -34,9 +35,6 @@ class Gemma3(Family):
             nested.append(list(images[start:start + n]))
             start += n
         return nested
-
-    def text_inputs(self, inputs):
-        return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 GEMMA3 = Gemma3("gemma3", "Gemma3ForConditionalGeneration", "gemma3",

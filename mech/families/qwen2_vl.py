@@ -19,11 +19,10 @@ from .base import Family
 @dataclass(frozen=True)
 class Qwen2VL(Family):
     placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
+    own_positions: bool = True  # the model's 3-D positions (see the module docstring)
+    text_keys: tuple[str, ...] = ("input_ids", "attention_mask", "image_grid_thw", "mm_token_type_ids")
     shared_rows: str | None = ("its image rows' rotary positions depend on each image's grid (M-RoPE), so the "
                                "zeroed rows of one image size are not those of another")
-
-    def position_ids(self, inputs):
-        return None  # the model's own 3-D positions (see the module docstring)
 
     def last_position(self, model, batch):
         """From the model's own 3-D positions (``get_rope_index``, index arithmetic only):
@@ -34,9 +33,6 @@ class Qwen2VL(Family):
             image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
         return positions[0, :, -1:]
 
-    def text_inputs(self, inputs):
-        return {k: v for k, v in inputs.items()
-                if k in ("input_ids", "attention_mask", "image_grid_thw", "mm_token_type_ids")}
 
 
 QWEN2_VL = Qwen2VL("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl",
