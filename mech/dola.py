@@ -45,7 +45,7 @@ import nnsight
 import torch
 
 from .checks import number
-from .runner import Decoder, _eos_ids
+from .decoding import Decoder, eos_ids
 
 BUCKETS = ("low", "high")
 
@@ -170,7 +170,7 @@ def decode(model, batch, dola: DoLa, max_new_tokens: int) -> DolaSteps:
     dola.validate(model)
     candidates = dola.candidates(model)
     norm, head = model.family.language_model(model.nn._module).norm, model.nn.lm_head._module
-    eos = _eos_ids(model)
+    eos = eos_ids(model)
     pad = model.processor.tokenizer.pad_token_id
     inputs = dict(batch.inputs)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]

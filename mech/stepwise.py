@@ -18,6 +18,7 @@ from __future__ import annotations
 import nnsight
 import torch
 
+from .decoding import eos_ids
 from .interventions import apply, apply_decode
 
 __all__ = ["generate", "edits_generation"]
@@ -34,10 +35,8 @@ def generate(model, batch, interventions, max_new_tokens: int, *, remote=False):
     forward. ``results`` are `mech.apply`'s for the prefill (one dict, or a tuple)."""
     from transformers import DynamicCache
 
-    from .runner import _eos_ids
-
     interventions = list(interventions)
-    eos = torch.tensor(sorted(_eos_ids(model)))
+    eos = torch.tensor(sorted(eos_ids(model)))
     pad = model.processor.tokenizer.pad_token_id
     options = {"remote": remote} if remote else {}
     inputs = dict(batch.inputs)

@@ -38,7 +38,7 @@ import torch
 
 from .interventions import CaptureImageAttention, apply
 from .templates import IMAGE_TOKEN
-from .runner import Decoder
+from .decoding import Decoder
 
 GENERAL_PROMPT = "Write a general description of the image."
 RATIOS = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)

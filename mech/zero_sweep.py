@@ -140,7 +140,7 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
         ``{layer: ids}`` (``[batch, seq + new]``, prompt included, like ``model.generate``),
         in the order of ``layers``, or ``{layer: (ids, scores)}``.
     """
-    from .interventions import _image_multiplier
+    from .interventions import image_multiplier
 
     if model.processor is None:
         raise ValueError("zero_mask_sweep needs the model's processor (for the pad token)")
@@ -202,7 +202,7 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
 
     def variant(layer, new_tokens, cache=None):
         stand_ins = {i: _CachedLayer(decoder[i], i, *cached[i]) for i in range(layer)}
-        masked = entering[layer] * _image_multiplier(batch, 0.0, entering[layer])
+        masked = entering[layer] * image_multiplier(batch, 0.0, entering[layer])
         with torch.no_grad(), clock(layer):
             if share_image_rows:  # layers >= L run the rows after the image; no input to replace
                 from .shared_rows import SharedImageRows

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from . import common
+from . import cli, inputs, output
 from .strategies import add_contrastive_arguments, setup
 
 SYSTEMS = {"dola": "DoLa", "vicrop": "ViCrop", "contrastive": "contrastive attention"}
@@ -36,8 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vicrop-crop-size", type=int, default=None,
                         help="ViCrop crop side at ratio 1, in original pixels (default: the vision tower's "
                              "input size, as ViCrop; images no larger than that are kept whole)")
-    common.add_check(parser, check_options)
-    common.add_check(parser, check_decoders, needs_model=True)
+    cli.add_check(parser, check_options)
+    cli.add_check(parser, check_decoders, needs_model=True)
 
 
 def dola_layers(args):
@@ -46,18 +46,18 @@ def dola_layers(args):
     try:
         return tuple(int(x) for x in args.dola_layers.split(","))
     except ValueError:
-        raise common.UsageError(f"--dola-layers {args.dola_layers}: use high, low or comma-separated hidden-state "
+        raise cli.UsageError(f"--dola-layers {args.dola_layers}: use high, low or comma-separated hidden-state "
                                 "indices (0 = embeddings), e.g. 16,18,20") from None
 
 
 def check_options(args) -> None:
     if args.remote:
-        raise common.UsageError("--remote: DoLa and ViCrop run their own decoding loops locally; drop --remote")
+        raise cli.UsageError("--remote: DoLa and ViCrop run their own decoding loops locally; drop --remote")
     dola_layers(args)
-    common.number_option("--repetition-penalty", args.repetition_penalty, low=0, low_open=True,
+    cli.number_option("--repetition-penalty", args.repetition_penalty, low=0, low_open=True,
                          meaning="1 turns it off; DoLa recommends 1.2")
     if args.vicrop_crop_size is not None and args.vicrop_crop_size < 1:
-        raise common.UsageError(f"--vicrop-crop-size {args.vicrop_crop_size}: give a positive number of pixels")
+        raise cli.UsageError(f"--vicrop-crop-size {args.vicrop_crop_size}: give a positive number of pixels")
 
 
 def check_decoders(args, model) -> None:
@@ -74,7 +74,7 @@ def check_decoders(args, model) -> None:
             make().validate(model)
         except ValueError as error:
             value = getattr(args, option[2:].replace("-", "_"))
-            raise common.UsageError(f"{option} {value}: {error}") from None
+            raise cli.UsageError(f"{option} {value}: {error}") from None
 
 
 def systems(args, model, chosen) -> dict:
@@ -95,8 +95,10 @@ def systems(args, model, chosen) -> dict:
 
 
 def table(ds: xr.Dataset, seed: int) -> xr.Dataset:
-    """Each system against the plain model: `common.paired_rows` stacked along ``system``."""
-    rows = [common.paired_rows(ds, "system", s, seed) for s in ds["system"].values]
+    """Each system against the plain model: `mech.comparisons.paired_rows` stacked along ``system``."""
+    import mech
+
+    rows = [mech.comparisons.paired_rows(ds, "system", s, seed) for s in ds["system"].values]
     baseline = rows[0]["baseline_accuracy"]
     stacked = xr.concat([r.drop_vars("baseline_accuracy") for r in rows], dim=ds["system"])
     stacked["baseline_accuracy"] = baseline
@@ -126,7 +128,7 @@ def dola_histogram(model, samples_by_dataset, dola, out, **run_options) -> xr.Da
     candidates = list(dola.candidates(model))
     counts = []
     for name, samples in samples_by_dataset.items():
-        folder = common.chunks(out, name) / mech.runner.slug(dola)
+        folder = mech.comparisons.chunk_folder(out, name) / mech.runner.slug(dola)
         ds = mech.run(model, samples, decoder=dola, out=folder, **run_options).to_xarray()
         counts.append(ds["extra_premature_counts"].sum("sample").values)
     da = xr.DataArray(np.array(counts, dtype=int), dims=("dataset", "premature_layer"),
@@ -140,21 +142,21 @@ def main(argv=None) -> xr.Dataset:
     import mech
     from mech import plots
 
-    parser = common.parser("baselines", __doc__)
+    parser = cli.parser("baselines", __doc__)
     add_arguments(parser)
-    args = common.parse(parser, argv)
+    args = cli.parse(parser, argv)
     model, samples, chosen = setup(args)
-    options = common.run_options(args)
+    options = inputs.run_options(args)
     named = systems(args, model, chosen)
     print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}; "
           f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}"
           + ("" if "vicrop" in named else f"; ViCrop not run (LLaVA-1.5 only, not {model.family.name})"))
-    ds = common.compare(model, samples, named, "system", out=args.out, seed=args.seed, **options)
+    ds = mech.comparisons.compare(model, samples, named, "system", out=args.out, seed=args.seed, **options)
     ds["system"].attrs["long_name"] = "method compared with the plain model (baseline_*)"
     ds["dola_premature_count"] = dola_histogram(model, samples, named["dola"], args.out, **options)
     t = table(ds, args.seed)
     ds = ds.merge(t, compat="no_conflicts")
-    ds.attrs.update(common.provenance(
+    ds.attrs.update(output.provenance(
         args, model, study="baselines", rho=args.rho, lam=args.lam,
         dola=repr(named["dola"]), dola_candidates=list(named["dola"].candidates(model)),
         **({"vicrop": repr(named["vicrop"]), "vicrop_layer": named["vicrop"].attention_layer(model)}
@@ -162,11 +164,11 @@ def main(argv=None) -> xr.Dataset:
         contrastive=repr(named["contrastive"]), **chosen.attrs()))
     print(format_table(t))
     if mech.parallel.current().writes:
-        path = common.write_dataset(ds, args.out, "baselines")
-        figures = common.write_figure(plots.baselines(ds), args.out, "baselines")
+        path = output.write_dataset(ds, args.out, "baselines")
+        figures = output.write_figure(plots.baselines(ds), args.out, "baselines")
         print(f"wrote {path} and {', '.join(map(str, figures))}")
     return ds
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

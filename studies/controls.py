@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from . import common, layers as layer_choice
+from . import cli, inputs, output, layers as layer_choice
 
 CONTROLS = ("random", "high-ia", "low-attention", "low-pre-attention")
 
@@ -45,13 +46,13 @@ def add_arguments(parser, *, grid: bool = True) -> None:
                         help=f"comma-separated controls, each scaling as many tokens per sample as the method: "
                              f"{', '.join(CONTROLS)} (default: all)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the random control, averaged (default: 3)")
-    common.add_check(parser, check_arguments)
+    cli.add_check(parser, check_arguments)
 
 
 def lists(args) -> dict:
     """The grid's axes from the (comma-separated) options."""
     def many(option, text, **bounds):
-        return [common.number_option(option, x, **bounds) for x in str(text).split(",") if x.strip()]
+        return [cli.number_option(option, x, **bounds) for x in str(text).split(",") if x.strip()]
 
     rhos = many("--rho", args.rho, low=0, high=1)
     lams = many("--lam", args.lam, low=0)
@@ -66,15 +67,15 @@ def check_arguments(args) -> None:
     axes = lists(args)
     for name in ("rho", "lam", "mask_at"):
         if not axes[name]:
-            raise common.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: give at least one value")
+            raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: give at least one value")
     bad = [m for m in axes["mask_at"] if m not in mech.interventions.MASK_AT]
     if bad:
-        raise common.UsageError(f"--mask-at {','.join(bad)}: use input, normed or attention")
+        raise cli.UsageError(f"--mask-at {','.join(bad)}: use input, normed or attention")
     bad = [c for c in axes["controls"] if c not in CONTROLS]
     if bad:
-        raise common.UsageError(f"--controls {','.join(bad)}: use {', '.join(CONTROLS)}")
+        raise cli.UsageError(f"--controls {','.join(bad)}: use {', '.join(CONTROLS)}")
     if args.seeds < 1:
-        raise common.UsageError(f"--seeds {args.seeds}: give at least 1 seed for the random control")
+        raise cli.UsageError(f"--seeds {args.seeds}: give at least 1 seed for the random control")
 
 
 def runs(settings: list[dict], candidates, controls, seeds: int) -> tuple[dict, dict]:
@@ -99,8 +100,10 @@ def setting_name(setting: dict) -> str:
 
 
 def evaluate(model, samples_by_dataset, named, meta, *, out, seed: int = 0, **run_options) -> xr.Dataset:
-    """`common.compare` over the runs, with each run's setting as coordinates of ``run``."""
-    ds = common.compare(model, samples_by_dataset, named, "run", out=out, seed=seed, **run_options)
+    """`mech.comparisons.compare` over the runs, with each run's setting as coordinates of ``run``."""
+    import mech
+
+    ds = mech.comparisons.compare(model, samples_by_dataset, named, "run", out=out, seed=seed, **run_options)
     for key in ("review", "post", "mask_at", "rho", "lam", "selection", "seed"):
         ds = ds.assign_coords({key: ("run", [meta[r][key] for r in ds["run"].values])})
     ds = ds.assign_coords(setting=("run", [setting_name(meta[r]) for r in ds["run"].values]))
@@ -234,7 +237,7 @@ def markdown(t: xr.Dataset) -> str:
 def settings_from(args, model, chosen) -> list[dict]:
     axes = lists(args)
     reviews = [chosen.review] if not getattr(args, "reviews", None) else \
-        [common.layer_option(model, "--review", r) for r in common.layer_list("--review", args.reviews)]
+        [cli.layer_option(model, "--review", r) for r in cli.layer_list("--review", args.reviews)]
     return [dict(review=r, post=(chosen.post if r == chosen.review else r - 1), mask_at=m, rho=rho, lam=lam)
             for r, m, rho, lam in itertools.product(reviews, axes["mask_at"], axes["rho"], axes["lam"])]
 
@@ -244,7 +247,7 @@ def main(argv=None) -> xr.Dataset:
 
     from .layer_masking import sweep as masking_sweep
 
-    parser = common.parser("controls", __doc__)
+    parser = cli.parser("controls", __doc__)
     layer_choice.add_arguments(parser)
     parser.add_argument("--reviews", default=None,
                         help="comma-separated review layers to span (each with post = review - 1); default: "
@@ -254,15 +257,15 @@ def main(argv=None) -> xr.Dataset:
     parser.add_argument("--candidates", default="all",
                         help="candidate set for the pre-integrated layer: all, shallow or deep (default: all)")
     add_arguments(parser)
-    parser.add_argument("--markdown", type=common.Path, default=None,
+    parser.add_argument("--markdown", type=Path, default=None,
                         help="also write the summary table as Markdown to this file")
-    args = common.parse(parser, argv)
-    model, samples = common.start(args)
+    args = cli.parse(parser, argv)
+    model, samples = inputs.start(args)
     if args.reviews:
-        for r in common.layer_list("--review", args.reviews):
+        for r in cli.layer_list("--review", args.reviews):
             if r < 1:
-                raise common.UsageError(f"--reviews {args.reviews}: layer 0 has no post-integrated layer before it")
-    options = common.run_options(args)
+                raise cli.UsageError(f"--reviews {args.reviews}: layer 0 has no post-integrated layer before it")
+    options = inputs.run_options(args)
     masking = None if args.review is not None else masking_sweep(model, samples, out=args.out, seed=args.seed,
                                                                  **options)
     chosen = layer_choice.resolve(args, model, masking)
@@ -283,10 +286,10 @@ def main(argv=None) -> xr.Dataset:
     ds = ds.merge(prefixed(summary, "table"))
     if by_type.sizes["row"]:
         ds = ds.merge(prefixed(by_type, "type"))
-    return common.finish(ds, args, model, "controls", lambda d: plots.controls(summary), candidates=args.candidates,
+    return output.finish(ds, args, model, "controls", lambda d: plots.controls(summary), candidates=args.candidates,
                          controls=lists(args)["controls"], seeds=args.seeds,
                          settings=json.dumps(settings), **chosen.attrs())
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

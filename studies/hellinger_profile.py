@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from . import common
+from . import cli, inputs, output
 
 
 def attention_by_layer(record, layers) -> list[torch.Tensor]:
@@ -34,7 +34,7 @@ def profile(model, samples_by_dataset: dict, *, out, heads: str = "mean", **run_
     options = {**run_options, "max_new_tokens": 1}  # attention is read in the prefill
     runs = {}
     for name, samples in samples_by_dataset.items():
-        results = mech.sweep(model, samples, {f"capture-{heads}": capture}, out=common.chunks(out, name),
+        results = mech.sweep(model, samples, {f"capture-{heads}": capture}, out=mech.comparisons.chunk_folder(out, name),
                              **options)[f"capture-{heads}"]
         distances = []
         for record in results.records:
@@ -44,7 +44,7 @@ def profile(model, samples_by_dataset: dict, *, out, heads: str = "mean", **run_
         runs[name] = xr.Dataset(
             {"hellinger": (("layer", "sample"), np.stack(distances, -1))},
             coords={"layer": layers, "sample": base["sample"].values})
-    ds = common.per_dataset(runs)
+    ds = mech.comparisons.per_dataset(runs)
     ds["hellinger"].attrs.update(units="1", long_name="Hellinger distance of A(i) to A(final layer)")
     ds["layer"].attrs["long_name"] = "decoder layer i (0-based)"
     return ds
@@ -61,19 +61,19 @@ def check(ds: xr.Dataset, post_layer=None, seed: int = 0):
 
 
 def main(argv=None) -> xr.Dataset:
-    parser = common.parser("hellinger_profile", __doc__)
+    parser = cli.parser("hellinger_profile", __doc__)
     parser.add_argument("--heads", default="mean", choices=["mean", "max"], help="head reduction (default: mean)")
-    args = common.parse(parser, argv)
-    model, samples = common.start(args)
-    ds = profile(model, samples, out=args.out, heads=args.heads, **common.run_options(args))
+    args = cli.parse(parser, argv)
+    model, samples = inputs.start(args)
+    ds = profile(model, samples, out=args.out, heads=args.heads, **inputs.run_options(args))
     found = check(ds, seed=args.seed)
     from mech import plots
 
     print(ds["hellinger"].mean("sample").to_pandas().round(3).to_string())
     print(found.reason)
-    return common.finish(ds, args, model, "hellinger_profile", plots.hellinger_profile, heads=args.heads,
+    return output.finish(ds, args, model, "hellinger_profile", plots.hellinger_profile, heads=args.heads,
                          closest_layer=found.layer, closest_reason=found.reason)
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import common
+from . import cli, inputs, output
 
 
 def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, fast: bool | str = True,
           **run_options) -> xr.Dataset:
-    """Run the masking sweep; returns the study Dataset (see `common.compare`), with the
+    """Run the masking sweep; returns the study Dataset (see `mech.comparisons.compare`), with the
     run dim ``layer``: the 0-based decoder layer whose input image tokens are zeroed.
 
     ``fast`` (default): the runs share one clean prefill per batch (`mech.zero_mask_sweep`;
@@ -30,7 +30,7 @@ def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, f
 
     layers = list(range(model.n_layers)) if layers is None else [model.check_layer(l) for l in layers]
     named = {layer: mech.ZeroImage(layer=layer) for layer in layers}
-    ds = common.compare(model, samples_by_dataset, named, "layer", out=out, seed=seed, fast=fast,
+    ds = mech.comparisons.compare(model, samples_by_dataset, named, "layer", out=out, seed=seed, fast=fast,
                         **run_options)
     ds["layer"].attrs["long_name"] = "decoder layer whose input image tokens are zeroed (0-based)"
     return ds
@@ -38,12 +38,12 @@ def sweep(model, samples_by_dataset: dict, *, out, layers=None, seed: int = 0, f
 
 def check_sweep(args) -> None:
     if args.naive_sweep and args.share_image_rows:
-        raise common.UsageError("--naive-sweep and --share-image-rows exclude each other: pick one way to run "
+        raise cli.UsageError("--naive-sweep and --share-image-rows exclude each other: pick one way to run "
                                 "the sweep")
 
 
 def main(argv=None) -> xr.Dataset:
-    p = common.parser("layer_masking", __doc__)
+    p = cli.parser("layer_masking", __doc__)
     p.add_argument("--naive-sweep", action="store_true",
                    help="one full generate per layer (1/t of a standalone masked run) instead of "
                         "sharing the clean prefill")
@@ -53,16 +53,16 @@ def main(argv=None) -> xr.Dataset:
                         "again at 8 layers; predictions equal to the naive "
                         "runs', scores up to floating-point summation order (not bitwise); kept in "
                         "chunks of their own")
-    common.add_check(p, check_sweep)
-    args = common.parse(p, argv)
-    model, samples = common.start(args)
+    cli.add_check(p, check_sweep)
+    args = cli.parse(p, argv)
+    model, samples = inputs.start(args)
     fast = False if args.naive_sweep else "shared" if args.share_image_rows else True
     ds = sweep(model, samples, out=args.out, seed=args.seed, fast=fast,
-               **common.run_options(args))
+               **inputs.run_options(args))
     from mech import plots
 
     print(ds[["accuracy", "mean_inverse_time"]].to_dataframe().round(3).to_string())
-    return common.finish(ds, args, model, "layer_masking", plots.layer_masking,
+    return output.finish(ds, args, model, "layer_masking", plots.layer_masking,
                          intervention="ZeroImage(layer=L, at='input') during prefill",
                          sweep={False: "naive: one full generate per layer",
                                 True: "bitwise exact: clean prefill shared, layers >= L recomputed",
@@ -71,4 +71,4 @@ def main(argv=None) -> xr.Dataset:
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

@@ -30,7 +30,7 @@ class Layers:
 
 
 def add_arguments(parser) -> None:
-    from . import common
+    from . import cli
 
     parser.add_argument("--review", type=int, default=None,
                         help="review layer (0-based); default: discovered from the layer-masking sweep")
@@ -38,27 +38,27 @@ def add_arguments(parser) -> None:
                         help="post-integrated layer; default: the layer before the review layer")
     parser.add_argument("--fusion", default=None,
                         help="comma-separated fusion layers S; default: discovered")
-    common.add_check(parser, lambda args: args.fusion is None or common.layer_list("--fusion", args.fusion))
-    common.add_check(parser, check_layers, needs_model=True)
+    cli.add_check(parser, lambda args: args.fusion is None or cli.layer_list("--fusion", args.fusion))
+    cli.add_check(parser, check_layers, needs_model=True)
 
 
 def check_layers(args, model) -> None:
     """--review, --post and --fusion against the model's layers, before any sweep."""
-    from . import common
+    from . import cli
 
-    review = None if args.review is None else common.layer_option(model, "--review", args.review)
-    post = None if args.post is None else common.layer_option(model, "--post", args.post)
+    review = None if args.review is None else cli.layer_option(model, "--review", args.review)
+    post = None if args.post is None else cli.layer_option(model, "--post", args.post)
     if review is not None and post is None:
         post = review - 1
         if post < 0:
-            raise common.UsageError(f"--review {review}: the post-integrated layer is the one before it, and "
+            raise cli.UsageError(f"--review {review}: the post-integrated layer is the one before it, and "
                                     "layer 0 has none; pick a review layer >= 1")
     if review is not None and post >= review:
-        raise common.UsageError(f"--post {post}: must come before the review layer {review}")
+        raise cli.UsageError(f"--post {post}: must come before the review layer {review}")
     if args.fusion is not None:
-        fusion = [common.layer_option(model, "--fusion", layer) for layer in common.layer_list("--fusion", args.fusion)]
+        fusion = [cli.layer_option(model, "--fusion", layer) for layer in cli.layer_list("--fusion", args.fusion)]
         if post is not None and not any(layer < post for layer in fusion):
-            raise common.UsageError(f"--fusion {args.fusion}: no layer below the post-integrated layer {post}; "
+            raise cli.UsageError(f"--fusion {args.fusion}: no layer below the post-integrated layer {post}; "
                                     "candidate pre-integrated layers must precede it")
 
 
@@ -106,9 +106,9 @@ def resolve(args, model, masking: xr.Dataset | None) -> Layers:
     """Layers from ``--review/--post/--fusion`` or, where absent, from ``masking``."""
     import mech
 
-    from . import common
+    from . import cli
 
-    fusion = common.layer_list("--fusion", args.fusion) if args.fusion else None
+    fusion = cli.layer_list("--fusion", args.fusion) if args.fusion else None
     if args.review is not None:
         review = model.check_layer(args.review, "review layer")
         post = model.check_layer(args.post if args.post is not None else review - 1, "post-integrated layer")

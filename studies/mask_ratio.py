@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import common
+from . import cli, inputs, output
 from .strategies import add_contrastive_arguments, setup
 
 
@@ -21,7 +21,7 @@ def sweep(model, samples_by_dataset: dict, chosen, *, out, ratios, lam: float, c
 
     named = {float(r): mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=candidates,
                                             rho=float(r), lam=lam) for r in ratios}
-    ds = common.compare(model, samples_by_dataset, named, "ratio", out=out, seed=seed, **run_options)
+    ds = mech.comparisons.compare(model, samples_by_dataset, named, "ratio", out=out, seed=seed, **run_options)
     ds["ratio"].attrs.update(units="fraction", long_name="mask ratio rho (quantile of contrastive scores)")
     return ds
 
@@ -30,29 +30,29 @@ def ratios(args) -> list[float]:
     """--ratios as numbers in [0, 1], or a UsageError naming the bad one."""
     items = [r.strip() for r in args.ratios.split(",") if r.strip()]
     if not items:
-        raise common.UsageError(f"--ratios {args.ratios!r}: give comma-separated mask ratios in [0, 1]")
-    values = [common.number_option("--ratios", r, low=0, high=1, meaning="mask ratios") for r in items]
+        raise cli.UsageError(f"--ratios {args.ratios!r}: give comma-separated mask ratios in [0, 1]")
+    values = [cli.number_option("--ratios", r, low=0, high=1, meaning="mask ratios") for r in items]
     if len(set(values)) != len(values):
-        raise common.UsageError(f"--ratios {args.ratios}: a ratio is given twice")
+        raise cli.UsageError(f"--ratios {args.ratios}: a ratio is given twice")
     return values
 
 
 def main(argv=None) -> xr.Dataset:
-    parser = common.parser("mask_ratio", __doc__)
+    parser = cli.parser("mask_ratio", __doc__)
     add_contrastive_arguments(parser)
     parser.add_argument("--ratios", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
                         help="comma-separated mask ratios in [0, 1]")
-    common.add_check(parser, ratios)
-    args = common.parse(parser, argv)
+    cli.add_check(parser, ratios)
+    args = cli.parse(parser, argv)
     model, samples, chosen = setup(args)
     ds = sweep(model, samples, chosen, out=args.out, ratios=ratios(args), lam=args.lam, seed=args.seed,
-               **common.run_options(args))
+               **inputs.run_options(args))
     from mech import plots
 
     print((ds["accuracy"].to_pandas() * 100).round(1).to_string())
-    return common.finish(ds, args, model, "mask_ratio", plots.mask_ratio, lam=args.lam, candidates="all",
+    return output.finish(ds, args, model, "mask_ratio", plots.mask_ratio, lam=args.lam, candidates="all",
                          **chosen.attrs())
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

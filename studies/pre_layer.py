@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from . import common
+from . import cli, inputs, output
 from .strategies import add_contrastive_arguments, setup
 
 
@@ -23,7 +23,7 @@ def histogram(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: 
 
     named = {"all": mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates="all",
                                          rho=rho, lam=lam)}
-    runs = common.compare(model, samples_by_dataset, named, "strategy", out=out, seed=seed, **run_options)
+    runs = mech.comparisons.compare(model, samples_by_dataset, named, "strategy", out=out, seed=seed, **run_options)
     chosen_layer = runs["extra_pre_layer"].sel(strategy="all")
     layers = np.arange(chosen.post)
     counts = xr.concat([
@@ -40,18 +40,18 @@ def histogram(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: 
 
 
 def main(argv=None) -> xr.Dataset:
-    parser = common.parser("pre_layer", __doc__)
+    parser = cli.parser("pre_layer", __doc__)
     add_contrastive_arguments(parser)
-    args = common.parse(parser, argv)
+    args = cli.parse(parser, argv)
     model, samples, chosen = setup(args)
     ds = histogram(model, samples, chosen, out=args.out, rho=args.rho, lam=args.lam, seed=args.seed,
-                   **common.run_options(args))
+                   **inputs.run_options(args))
     from mech import plots
 
     print((ds["frequency"].to_pandas() * 100).round(1).to_string())
-    return common.finish(ds, args, model, "pre_layer", plots.pre_layer_histogram, rho=args.rho, lam=args.lam,
+    return output.finish(ds, args, model, "pre_layer", plots.pre_layer_histogram, rho=args.rho, lam=args.lam,
                          candidates="all", **chosen.attrs())
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

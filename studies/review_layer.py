@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import common, controls, hellinger_profile, layers as layer_choice
+from . import cli, inputs, output, controls, hellinger_profile, layers as layer_choice
 from .layer_masking import sweep as masking_sweep
 from .strategies import add_contrastive_arguments
 
@@ -35,7 +35,9 @@ def paired_table(ds: xr.Dataset, seed: int, dim: str = "intervention", coord="co
     """Per dataset (and ``average``): accuracy of baseline and contrastive (the run
     ``coord`` along ``dim``), difference with its paired bootstrap CI, and the paired-test
     p-value."""
-    table = common.paired_rows(ds, dim, coord, seed)
+    import mech
+
+    table = mech.comparisons.paired_rows(ds, dim, coord, seed)
     table = table.rename(accuracy="contrastive_accuracy")
     table["difference_ci"].attrs["long_name"] = "paired bootstrap 95% CI of contrastive - baseline"
     return table
@@ -54,14 +56,13 @@ def format_table(table: xr.Dataset) -> str:
 
 def check_candidates(args) -> None:
     if args.candidates not in ("fusion", "all", "shallow", "deep"):
-        raise common.UsageError(f"--candidates {args.candidates}: use fusion, all, shallow or deep")
+        raise cli.UsageError(f"--candidates {args.candidates}: use fusion, all, shallow or deep")
 
 
 def main(argv=None) -> xr.Dataset:
-    import mech
     from mech import plots
 
-    parser = common.parser("review_layer", __doc__)
+    parser = cli.parser("review_layer", __doc__)
     add_contrastive_arguments(parser)
     parser.add_argument("--candidates", default="fusion",
                         help="candidate set for the pre-integrated layer: fusion (the discovered set S; "
@@ -69,17 +70,17 @@ def main(argv=None) -> xr.Dataset:
                              "(default: fusion)")
     controls.add_arguments(parser, grid=False)
     parser.set_defaults(controls="random")
-    common.add_check(parser, check_candidates)
-    args = common.parse(parser, argv)
-    model, samples = common.start(args)
-    options = common.run_options(args)
+    cli.add_check(parser, check_candidates)
+    args = cli.parse(parser, argv)
+    model, samples = inputs.start(args)
+    options = inputs.run_options(args)
     print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}")
 
     print("1/4 layer-masking sweep")
     masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **options)
     chosen = layer_choice.resolve(args, model, masking)
     marks = {"fusion": chosen.fusion, "review": chosen.review, "fallback": chosen.source == "fallback"}
-    common.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
+    output.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
     print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
           f"post-integrated layer {chosen.post}\n    {chosen.reason}")
     by_type = layer_choice.discover_by_type(masking, seed=args.seed)
@@ -90,7 +91,7 @@ def main(argv=None) -> xr.Dataset:
     print("3/4 Hellinger profile")
     profile = hellinger_profile.profile(model, samples, out=args.out, **options)
     check = hellinger_profile.check(profile, post_layer=chosen.post, seed=args.seed)
-    common.finish(profile, args, model, "hellinger_profile", plots.hellinger_profile, closest_layer=check.layer,
+    output.finish(profile, args, model, "hellinger_profile", plots.hellinger_profile, closest_layer=check.layer,
                   closest_reason=check.reason)
     print(f"    {check.reason}")
 
@@ -115,11 +116,11 @@ def main(argv=None) -> xr.Dataset:
     print(controls.format_table(summary))
     if len(table["row"]) > 2:
         print(format_table(table.sel(row=["average"])))
-    return common.finish(ds, args, model, "review_layer", lambda d: plots.controls(summary), rho=args.rho,
+    return output.finish(ds, args, model, "review_layer", lambda d: plots.controls(summary), rho=args.rho,
                          lam=args.lam, mask_at=args.mask_at, candidates=candidates, controls=picked, seeds=args.seeds,
                          intervention=repr(named[method]), hellinger_closest_layer=check.layer,
                          hellinger_agrees=str(check.agrees), discovery_by_question_type=by_type, **chosen.attrs())
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

@@ -10,9 +10,11 @@ Writes ``strategies.nc`` and ``strategies.png/.pdf`` under ``--out``.
 
 from __future__ import annotations
 
+import json
+
 import xarray as xr
 
-from . import common, layers as layer_choice
+from . import cli, inputs, output, layers as layer_choice
 from .layer_masking import sweep as masking_sweep
 
 
@@ -22,13 +24,13 @@ def add_contrastive_arguments(parser) -> None:
                         "below which image tokens are scaled (default: 0.2, the paper's best)")
     parser.add_argument("--lam", type=float, default=0.1, help="scale for low-score image tokens "
                         "(default: 0.1; the paper does not publish it)")
-    common.add_check(parser, check_rho_lam)
+    cli.add_check(parser, check_rho_lam)
 
 
 def check_rho_lam(args) -> None:
-    common.number_option("--rho", args.rho, low=0, high=1,
+    cli.number_option("--rho", args.rho, low=0, high=1,
                          meaning="the quantile of contrastive scores below which tokens are scaled")
-    common.number_option("--lam", args.lam, low=0, meaning="0 removes low-score tokens, 1 leaves them")
+    cli.number_option("--lam", args.lam, low=0, meaning="0 removes low-score tokens, 1 leaves them")
 
 
 def candidate_sets(model, chosen: layer_choice.Layers) -> dict:
@@ -55,10 +57,10 @@ def evaluate(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: f
               f"post-integrated layer {chosen.post}")
     named = {name: mech.ContrastiveMask(review=chosen.review, post=chosen.post, candidates=layers,
                                         rho=rho, lam=lam) for name, layers in sets.items()}
-    ds = common.compare(model, samples_by_dataset, named, "strategy", out=out, seed=seed, **run_options)
+    ds = mech.comparisons.compare(model, samples_by_dataset, named, "strategy", out=out, seed=seed, **run_options)
     ds["strategy"].attrs["long_name"] = "candidate set for the pre-integrated layer"
-    ds.attrs["candidate_sets"] = common.json.dumps(sets)
-    ds.attrs["strategies_left_out"] = common.json.dumps(
+    ds.attrs["candidate_sets"] = json.dumps(sets)
+    ds.attrs["strategies_left_out"] = json.dumps(
         {name: "no layer below the post-integrated layer" for name in ("all", "shallow", "deep", "fusion")
          if name not in sets})
     return ds
@@ -67,29 +69,29 @@ def evaluate(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: f
 def setup(args):
     """Model, samples and layers for a contrastive study (discovering layers if needed);
     every option is checked before the first generation."""
-    model, samples = common.start(args)
+    model, samples = inputs.start(args)
     masking = None
     if args.review is None or args.fusion is None:
-        masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **common.run_options(args))
+        masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **inputs.run_options(args))
     return model, samples, layer_choice.resolve(args, model, masking)
 
 
 def main(argv=None) -> xr.Dataset:
-    parser = common.parser("strategies", __doc__)
+    parser = cli.parser("strategies", __doc__)
     add_contrastive_arguments(parser)
-    args = common.parse(parser, argv)
+    args = cli.parse(parser, argv)
     model, samples, chosen = setup(args)
     ds = evaluate(model, samples, chosen, out=args.out, rho=args.rho, lam=args.lam, seed=args.seed,
-                  **common.run_options(args))
+                  **inputs.run_options(args))
     from mech import plots
 
     print(f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}, fusion {list(chosen.fusion)}")
     table = ds["accuracy"].to_pandas() * 100
     table["no intervention"] = ds["baseline_accuracy"].to_pandas() * 100
     print(table.round(1).to_string())
-    return common.finish(ds, args, model, "strategies", plots.strategies, rho=args.rho, lam=args.lam,
+    return output.finish(ds, args, model, "strategies", plots.strategies, rho=args.rho, lam=args.lam,
                          **chosen.attrs())
 
 
 if __name__ == "__main__":
-    common.cli(main)
+    cli.cli(main)

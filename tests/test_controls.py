@@ -9,7 +9,7 @@ import xarray as xr
 
 import mech
 from mech.datasets.shapes import CLUTTER, shapes
-from studies import common, controls, layers
+from studies import cli, controls, layers
 
 
 @pytest.mark.parametrize("kind", ["dots", "speckle"])
@@ -61,7 +61,7 @@ def test_discovery_per_question_type():
                      "baseline_score": ("sample", baseline)},
                     coords={"layer": np.arange(6), "sample": [f"s{i}" for i in range(2 * n)],
                             "question_type": ("sample", ["early"] * n + ["late"] * n)})
-    found = layers.discover_by_type(common.per_dataset({"shapes": ds}))
+    found = layers.discover_by_type(mech.comparisons.per_dataset({"shapes": ds}))
     assert found["early"]["review"] is None and 0 in found["early"]["fusion"]
     assert found["late"]["review"] == 4
     assert found["late"]["n"] == n
@@ -80,7 +80,7 @@ def test_controls_study(checkpoint, tmp_path):
     reopened = xr.open_dataset(tmp_path / "controls.nc")
     assert json.loads(reopened.attrs["settings"])[0]["review"] == 4
     reopened.close()
-    with pytest.raises(common.UsageError, match="--mask-at middle"):
+    with pytest.raises(cli.UsageError, match="--mask-at middle"):
         controls.main(["--model", checkpoint, "--out", str(tmp_path), "--mask-at", "input,middle"])
-    with pytest.raises(common.UsageError, match="--controls best"):
+    with pytest.raises(cli.UsageError, match="--controls best"):
         controls.main(["--model", checkpoint, "--out", str(tmp_path), "--controls", "best"])

@@ -108,10 +108,10 @@ def test_shards_then_the_plain_command(single, tmp_path):
 
 
 def test_shard_option_is_checked(tmp_path):
-    from studies import common, layer_masking
+    from studies import cli, layer_masking
 
     for bad in ("2/2", "x/3", "1"):
-        with pytest.raises(common.UsageError, match=f"--shard {bad}: give I/N"):
+        with pytest.raises(cli.UsageError, match=f"--shard {bad}: give I/N"):
             layer_masking.main(["--shard", bad, "--out", str(tmp_path)])
 
 

@@ -18,7 +18,7 @@ import xarray as xr
 
 import mech
 from mech.datasets import Sample
-from studies import baselines, common, layer_masking, mask_ratio, review_layer, strategies
+from studies import baselines, cli, layer_masking, mask_ratio, output, review_layer, strategies
 from tiny_models import tiny_llava, tiny_samples
 
 TESTS = Path(__file__).resolve().parent
@@ -178,7 +178,7 @@ BAD = [
 @pytest.mark.parametrize("study, options, message", BAD, ids=[" ".join(o) for _, o, _ in BAD])
 def test_bad_options_fail_before_anything_is_written(checkpoint, tmp_path, study, options, message):
     out = tmp_path / "runs"
-    with pytest.raises(common.UsageError, match=message):
+    with pytest.raises(cli.UsageError, match=message):
         study.main(["--model", checkpoint, "--limit", "2", "--batch-size", "2", "--no-progress",
                     "--out", str(out), *options])
     assert not list(out.rglob("chunk-*.json")) and not list(out.rglob("*.nc"))
@@ -266,7 +266,7 @@ def test_model_folders_that_are_not_llava(tmp_path):
     for folder, message in cases.items():
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             mech.load(str(tmp_path / folder))
-    with pytest.raises(common.UsageError, match=f"--model {tmp_path / 'gpt2'}: unsupported.*mech supports"):
+    with pytest.raises(cli.UsageError, match=f"--model {tmp_path / 'gpt2'}: unsupported.*mech supports"):
         layer_masking.main(["--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "runs")])
 
 
@@ -300,7 +300,7 @@ def test_two_processes_share_one_folder(tmp_path):
 
 def test_simultaneous_dataset_writes(tmp_path):
     script = ("import sys, xarray as xr, numpy as np\n"
-              "from pathlib import Path\nfrom studies.common import write_dataset\n"
+              "from pathlib import Path\nfrom studies.output import write_dataset\n"
               "ds = xr.Dataset({'x': ('i', np.arange(1000.0) + int(sys.argv[1]))})\n"
               "for _ in range(20):\n    write_dataset(ds, Path(sys.argv[2]), 'study')\n")
     children = [subprocess.Popen([sys.executable, "-c", script, str(k), str(tmp_path)], env=ENV,
@@ -316,7 +316,7 @@ def test_files_are_readable_by_the_group(llava, tmp_path):
     mask = os.umask(0o022)
     try:
         mech.run(llava, tiny_samples(2), out=tmp_path, batch_size=2, max_new_tokens=1, progress=False)
-        common.write_dataset(xr.Dataset({"x": ("i", [1.0])}), tmp_path, "study")
+        output.write_dataset(xr.Dataset({"x": ("i", [1.0])}), tmp_path, "study")
     finally:
         os.umask(mask)
     for path in [*manifest_chunks(tmp_path), tmp_path / "study.nc", *tmp_path.glob("run-*.json")]:
@@ -344,7 +344,7 @@ def test_a_full_disk_is_one_clear_error_and_leaves_nothing(llava, small_disk):
         mech.run(llava, samples, out=small_disk / "run", batch_size=2, chunk_size=2, max_new_tokens=2,
                  progress=False)
     with pytest.raises(mech.WriteError, match="study.nc.*nothing partial was left"):
-        common.write_dataset(xr.Dataset({"x": ("i", list(range(10000)))}), small_disk, "study")
+        output.write_dataset(xr.Dataset({"x": ("i", list(range(10000)))}), small_disk, "study")
     leftovers = [p.name for p in small_disk.rglob("*") if p.is_file() and p.name != "filler"
                  and not p.name.endswith(".lock")]
     assert not [n for n in leftovers if n.endswith(".tmp") or n.startswith("chunk-") or n.endswith(".nc")], leftovers

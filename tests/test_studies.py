@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from studies import common, hellinger_profile, layer_masking, layers, mask_ratio, pre_layer, review_layer, strategies
+import mech
+
+from studies import cli, hellinger_profile, layer_masking, layers, mask_ratio, pre_layer, review_layer, strategies
 
 ARGS = ["--limit", "6", "--batch-size", "3", "--max-new-tokens", "2", "--no-progress"]
 
@@ -93,7 +95,7 @@ def synthetic_masking(accuracy, n=400, seed=0):
     ds = xr.Dataset({"score": (("layer", "sample"), score),
                      "baseline_score": ("sample", (u < 0.97).astype(float))},
                     coords={"layer": np.arange(len(accuracy)), "sample": [f"s{i}" for i in range(n)]})
-    return common.per_dataset({"shapes": ds})
+    return mech.comparisons.per_dataset({"shapes": ds})
 
 
 class Args:
@@ -131,14 +133,14 @@ def test_fallback_review_layer_keeps_the_papers_relative_depth(n):
 
 
 def test_cli_rejects_bad_options(tmp_path):
-    with pytest.raises(common.UsageError, match="--batch-size 0"):
+    with pytest.raises(cli.UsageError, match="--batch-size 0"):
         layer_masking.main(["--batch-size", "0", "--out", str(tmp_path)])
-    with pytest.raises(common.UsageError, match="exclude each other"):
+    with pytest.raises(cli.UsageError, match="exclude each other"):
         layer_masking.main(["--naive-sweep", "--share-image-rows", "--out", str(tmp_path)])
-    with pytest.raises(common.UsageError, match="--datasets nope: unknown"):
+    with pytest.raises(cli.UsageError, match="--datasets nope: unknown"):
         hellinger_profile.main(["--datasets", "shapes,nope", "--out", str(tmp_path)])
     (tmp_path / "file").write_text("")
-    with pytest.raises(common.UsageError, match="is a file"):
+    with pytest.raises(cli.UsageError, match="is a file"):
         review_layer.main(["--out", str(tmp_path / "file")])
 
 

@@ -1,0 +1,123 @@
+"""What a study reads: its options checked (one line naming the option before any model work),
+the model, the samples of ``--datasets``, and the options every study passes to the runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .cli import UsageError, positive
+
+
+def check_args(args) -> None:
+    """Every option that needs no model, each failing with one line naming it."""
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: give at least 1 sample per dataset")
+    positive(args, "--batch-size", args.batch_size)
+    positive(args, "--max-new-tokens", args.max_new_tokens, allow_none=True)
+    positive(args, "--chunk-size", args.chunk_size, allow_none=True)
+    if args.chunk_size is not None and args.chunk_size % args.batch_size:
+        raise UsageError(f"--chunk-size {args.chunk_size}: must be a multiple of --batch-size {args.batch_size} "
+                         "(batches never straddle chunks)")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder")
+    names = dataset_names(args)
+    sources(args, names)
+    for check in getattr(args, "checks", None) or []:
+        check(args)
+
+
+def check_model_args(args, model) -> None:
+    """The options that need the model (layer numbers, ...), before any sample is run."""
+    for check in getattr(args, "model_checks", None) or []:
+        check(args, model)
+
+
+def import_modules(args) -> None:
+    import importlib
+
+    for name in getattr(args, "imports", []):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise UsageError(f"--import {name}: cannot import it ({error}); give an importable module name "
+                             "(its folder on PYTHONPATH)") from None
+
+
+def dataset_names(args) -> list[str]:
+    import mech
+
+    import_modules(args)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--datasets is empty; e.g. --datasets shapes")
+    unknown = [n for n in names if n not in mech.datasets.DATASETS]
+    if unknown:
+        raise UsageError(f"--datasets {','.join(unknown)}: unknown; known: {', '.join(sorted(mech.datasets.DATASETS))}")
+    return names
+
+
+def sources(args, names=None) -> dict[str, str]:
+    """``--source NAME=PATH`` as ``{name: path}`` (each name one of ``--datasets``)."""
+    names = dataset_names(args) if names is None else names
+    out = {}
+    for item in getattr(args, "source", None) or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--source {item}: give NAME=PATH, e.g. --source vqav2=/data/vqav2")
+        if name not in names:
+            raise UsageError(f"--source {item}: {name} is not among --datasets ({', '.join(names)})")
+        if not Path(path).expanduser().exists() and path.count("/") != 1:
+            raise UsageError(f"--source {item}: {path} does not exist")
+        out[name] = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
+    return out
+
+
+def load_model(args):
+    import mech
+
+    try:
+        if args.remote == "ndif":
+            from mech.remote import require_served
+
+            require_served(args.model, args.revision)
+        device = mech.parallel.device()
+        return mech.load(args.model, revision=args.revision, dispatch=args.remote != "ndif",
+                         **({"device_map": device} if device else {}))
+    except (ValueError, OSError, ImportError) as error:
+        raise UsageError(f"--model {args.model}: {error}") from None
+
+
+def load_samples(args) -> dict[str, list]:
+    """``{dataset: samples}`` for ``--datasets`` with ``--limit``, ``--seed`` and ``--source``."""
+    import mech
+
+    given = sources(args)
+    out = {}
+    for name in dataset_names(args):
+        options = {"source": given[name]} if name in given else {}
+        try:
+            out[name] = list(mech.datasets.load(name, limit=args.limit, seed=args.seed, **options))
+        except (ValueError, TypeError, OSError, ImportError) as error:
+            raise UsageError(f"--datasets {name}: {error}") from None
+        if not out[name]:
+            raise UsageError(f"--datasets {name}: no samples (is the source empty?)")
+    return out
+
+
+def start(args):
+    """Check every option, load the model, check the options that need it, load the
+    samples: all before the first generation. ``(model, samples)``."""
+    check_args(args)
+    model = load_model(args)
+    check_model_args(args, model)
+    return model, load_samples(args)
+
+
+def run_options(args) -> dict[str, Any]:
+    """Keyword options every study passes to `mech.run` / `mech.sweep`."""
+    options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, protocol=args.protocol,
+                   chunk_size=args.chunk_size, progress=not args.no_progress)
+    if args.remote:
+        options["remote"] = True if args.remote == "ndif" else "local"
+    return options
