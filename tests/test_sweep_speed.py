@@ -177,7 +177,7 @@ def test_bench_structural_limits_count_the_rows_the_layers_run(path):
     """`bench.sweep.row_layers` equals the prefill rows the decoder layers really see,
     counted by forward hooks over a two-batch sweep (decode steps left out)."""
     from bench import sweep as sweeps
-    from bench.__main__ import QUICK, build
+    from bench.harness import QUICK, build
 
     model, _ = build(QUICK)
     batches = sweeps.batches(model, QUICK, 2)
