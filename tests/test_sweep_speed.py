@@ -347,7 +347,7 @@ def test_template_rows_equal_a_zero_masked_unpadded_prompt(model):
     batch = model.prepare(prompts=[model.prompt("what colour is the square?")], images=random_images(1))
     layout = shared_layout(batch)
     module, n = model.nn._module, int(batch.image_counts[0])
-    start = layout["prefix"]
+    start = len(layout["prefix_ids"])
     templates = mech.ImageRowTemplates(model)
     for layer in range(model.n_layers):
         def zero(_, args, kwargs):
