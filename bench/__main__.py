@@ -15,6 +15,9 @@ The sweep rows run as a study does, over 8 batches with one run's image-row temp
 at 8 layers and at 32 (LLaVA-1.5-7B's depth, on a narrower model), each with its
 structural limit; a table of the sweep's cost by depth and prompt length follows
 (`bench.sweep`). ``python -m bench.gpu`` is the 7B-shaped run for a CUDA machine.
+
+This module is the command; the models, device and timing are `bench.harness`'s, the
+timed paths `bench.paths`'s, the memory measurement `bench.memory`'s.
 """
 
 from __future__ import annotations
@@ -25,18 +28,15 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-FULL = dict(layers=8, hidden=512, heads=8, kv_heads=8, image_size=96, patch_size=4,
-            vision_hidden=128, vision_layers=2, batch=2, question_words=125, max_new_tokens=4,
-            capture_layers=[1, 3, 5, 7])
-QUICK = dict(layers=4, hidden=64, heads=4, kv_heads=2, image_size=32, patch_size=4,
-             vision_hidden=32, vision_layers=1, batch=2, question_words=10, max_new_tokens=2,
-             capture_layers=[0, 1, 2, 3])
+from . import sweep as sweeps
+from .harness import FULL, QUICK, SWEEP32, build, device, interleaved
+from .memory import memory
+from .paths import capture, contrastive, plain_forward, traced
 
 # (name, measure, target or None)
 TARGETS = {
@@ -46,166 +46,6 @@ TARGETS = {
 }
 SWEEP_BATCHES = 8
 EXACT_REPS = 3  # pairs of the bitwise sweep row (see run_suite)
-
-
-# -- the model and its batch -------------------------------------------------------------
-
-def build(config: dict, attn: str = "sdpa"):
-    """``(mech.Model, Batch)`` for ``config`` on the benchmark device."""
-    import mech
-    from mech.zoo.random_llava import WORDS, random_images, random_llava
-
-    keys = ("layers", "hidden", "heads", "kv_heads", "image_size", "patch_size", "vision_hidden",
-            "vision_layers")
-    module, processor = random_llava("llava-1.5", attn=attn, **{k: config[k] for k in keys})
-    module.to(device())
-    model = mech.load(module, processor=processor)
-    words = [WORDS[i % len(WORDS)] for i in range(config["question_words"])]
-    questions = [" ".join(words[i:] + words[:i]) for i in range(config["batch"])]
-    questions[0] = " ".join(words[:-3])  # rows of different length: left padding
-    batch = model.prepare(questions=questions, images=random_images(config["batch"]))
-    return model, batch
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-# -- the paths ---------------------------------------------------------------------------
-
-def plain_forward(model, batch, **kwargs):
-    with torch.no_grad():
-        return model.nn._module(**batch.inputs, **kwargs).logits
-
-
-def traced(model, batch, *interventions):
-    import mech
-
-    results = None
-    with torch.no_grad(), model.trace(batch):
-        if interventions:
-            results = mech.apply(model, batch, *interventions)
-        logits = model.logits.save()
-    return logits, results
-
-
-def capture(model, batch, layers):
-    import mech
-
-    return traced(model, batch, mech.CaptureImageAttention(layers=layers))
-
-
-def contrastive(model, batch):
-    import mech
-
-    return traced(model, batch, mech.ContrastiveMask())
-
-
-def naive_zero_sweep(model, batch, layers, max_new_tokens):
-    """The anchor: one plain Hugging Face generate per layer, image tokens zeroed at the
-    layer's input by a forward pre-hook."""
-    from mech.interventions import _image_multiplier
-
-    module = model.nn._module
-    out = {}
-    for layer in layers:
-        state = {"prefill": True}
-
-        def zero(_, args, state=state):
-            if state["prefill"]:
-                state["prefill"] = False
-                return (args[0] * _image_multiplier(batch, 0.0, args[0]), *args[1:])
-        handle = module.model.language_model.layers[layer].register_forward_pre_hook(zero)
-        try:
-            with torch.no_grad():
-                out[layer] = module.generate(**batch.generate_inputs, max_new_tokens=max_new_tokens,
-                                             do_sample=False,
-                                             pad_token_id=model.processor.tokenizer.pad_token_id)
-        finally:
-            handle.remove()
-    return out
-
-
-# -- timing ------------------------------------------------------------------------------
-
-def interleaved(toolkit, anchor, reps: int) -> dict:
-    """Warm up each, then time ``reps`` interleaved pairs A B A B ...; medians and ratio."""
-    toolkit(), anchor()
-    a, b = [], []
-    for _ in range(reps):
-        for fn, times in ((toolkit, a), (anchor, b)):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-    ma, mb = statistics.median(a), statistics.median(b)
-    pairs = [x / y for x, y in zip(a, b)]
-    return {"toolkit_s": ma, "anchor_s": mb, "ratio": ma / mb, "pair_ratio_median": statistics.median(pairs),
-            "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs), "toolkit_all_s": a, "anchor_all_s": b}
-
-
-# -- memory ------------------------------------------------------------------------------
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def memory_child(path: str, config: dict) -> dict:
-    """Peak memory of one call of ``path`` (in this fresh process) above what is loaded."""
-    import ctypes
-    import gc
-    import tracemalloc
-
-    model, batch = build(config, attn="eager" if path == "eager" else "sdpa")
-    call = {"plain": lambda: plain_forward(model, batch),
-            "capture": lambda: capture(model, batch, config["capture_layers"]),
-            "eager": lambda: plain_forward(model, batch, output_attentions=True)}[path]
-    out = call()  # warm-up: one-off allocations (thread pools, kernels, caches) are not the path's
-    del out
-    gc.collect()
-    if device().type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = call()
-        torch.cuda.synchronize()
-        return {"path": path, "peak_above_loaded_bytes": torch.cuda.max_memory_allocated() - base,
-                "method": "torch.cuda.max_memory_allocated"}
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS: reuse shows in RSS
-    except OSError:
-        pass
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
-    base = _rss_kib("VmRSS")
-    tracemalloc.start()
-    out = call()
-    python_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    peak = _rss_kib("VmHWM")
-    del out
-    return {"path": path, "peak_above_loaded_bytes": (peak - base) * 1024, "loaded_rss_bytes": base * 1024,
-            "peak_rss_bytes": peak * 1024, "python_peak_bytes": python_peak,
-            "method": "VmHWM - VmRSS before (clear_refs 5), tracemalloc for Python objects"}
-
-
-def memory(path: str, config: dict, threads: int) -> dict:
-    code = ("import json, sys, torch; torch.set_num_threads(%d); from bench.__main__ import memory_child; "
-            "print('RESULT' + json.dumps(memory_child(sys.argv[1], json.loads(sys.argv[2]))))" % threads)
-    done = subprocess.run([sys.executable, "-c", code, path, json.dumps(config)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent.parent, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT"):
-            return json.loads(line[6:])
-    raise RuntimeError(f"memory measurement of {path} failed:\n{done.stderr[-3000:]}")
 
 
 # -- the suite ---------------------------------------------------------------------------
@@ -277,8 +117,6 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
     report("contrastive", "ContrastiveMask in one pass vs plain forward [s]",
            interleaved(lambda: contrastive(model, batch), plain, reps))
     # The sweep as a study runs it: batch after batch, one run's image-row templates.
-    from bench import sweep as sweeps
-
     n_batches = 2 if not judge else SWEEP_BATCHES
     many = sweeps.batches(model, config, n_batches)
     n, new_tokens = model.n_layers, config["max_new_tokens"]
@@ -297,7 +135,7 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
                                                for l in range(n))
     row["max_abs_logit"] = max(scored[False][l][1].abs().max().item() for l in range(n))
     report("sweep", f"zero-masking sweep, {n} layers, {n_batches} batches, shared rows vs naive [s]", row)
-    deep_config = {**QUICK, "layers": 6} if not judge else sweeps.SWEEP32
+    deep_config = {**QUICK, "layers": 6} if not judge else SWEEP32
     deep, _ = build(deep_config)
     row = sweeps.measure(deep, sweeps.batches(deep, deep_config, n_batches), True, deep_config["max_new_tokens"],
                          sweep_reps)
@@ -349,11 +187,9 @@ def main(argv=None) -> dict:
     start = time.time()
     rows = run_suite(config, reps, sweep_reps, args.threads, judge=not args.quick,
                      memory_reps=args.memory_reps or (1 if args.quick else 3))
-    from bench.sweep import SWEEP32, depth_table
-
     print(f"\nsweep cost by depth and prompt length (shared rows vs naive, one batch of {SWEEP32['batch']}, "
           f"hidden {SWEEP32['hidden'] if not args.quick else QUICK['hidden']}):")
-    depth = depth_table(print, quick=args.quick)
+    depth = sweeps.depth_table(print, quick=args.quick)
     result = {"machine": info, "config": config, "quick": args.quick, "reps": reps, "sweep_reps": sweep_reps,
               "other_load": {"before": load_before, "after": other_load()},
               "seconds": time.time() - start, "results": rows, "depth_table": depth,

@@ -47,7 +47,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-7b", action="store_true", help="skip the 13.5 GB tensor set")
     args = parser.parse_args(argv)
-    from bench.__main__ import FULL, build
+    from bench.harness import FULL, build
 
     model, _ = build(FULL)
     seconds, size = timed(model.nn._module)

@@ -50,7 +50,7 @@ def measure(fn, reps: int, cuda: bool) -> dict:
 
 def main(argv=None) -> dict:
     import mech
-    from bench.__main__ import capture, contrastive, naive_zero_sweep, plain_forward
+    from bench.paths import capture, contrastive, naive_zero_sweep, plain_forward
     from mech.zoo.random_llava import WORDS, random_images, random_llava
 
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,

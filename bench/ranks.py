@@ -3,7 +3,7 @@
     python -m bench.ranks                 # 16 samples, 2 repetitions of each, interleaved
     python -m bench.ranks --samples 32 --reps 3
 
-The bench model (`bench.__main__.FULL`: 8 layers, hidden 512, 576 image tokens) is saved
+The bench model (`bench.harness.FULL`: 8 layers, hidden 512, 576 image tokens) is saved
 to a temporary folder; each repetition runs the whole study into a fresh ``--out``, as one
 process or under ``torchrun --nproc-per-node 2``, every rank with 1 torch thread. The
 study's own start-up (imports, loading the model in each rank) is inside the time: that
@@ -27,7 +27,7 @@ from pathlib import Path
 def save_bench_model(folder: Path) -> None:
     from mech.zoo.random_llava import random_llava
 
-    from .__main__ import FULL
+    from .harness import FULL
 
     keys = ("layers", "hidden", "heads", "kv_heads", "image_size", "patch_size", "vision_hidden", "vision_layers")
     module, processor = random_llava("llava-1.5", **{k: FULL[k] for k in keys})

@@ -11,13 +11,11 @@ pay them in full, so the measured ratio sits above it by their share.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
-SWEEP32 = dict(layers=32, hidden=128, heads=2, kv_heads=2, image_size=96, patch_size=4, vision_hidden=128,
-               vision_layers=2, batch=2, question_words=125, max_new_tokens=4)
+from .harness import QUICK, SWEEP32, build, pair_statistics, timed
+from .paths import naive_zero_sweep
+
 # depth x prompt length: 576 or 256 image tokens, ~705 or ~320 tokens per prompt
 DEPTHS, PROMPTS = (8, 16, 32), {705: dict(image_size=96, question_words=125),
                                 320: dict(image_size=64, question_words=60)}
@@ -68,16 +66,6 @@ def row_layers(batches: list, n_layers: int, path: str, once: bool = True) -> in
     return total
 
 
-def _timed(fn) -> float:
-    from bench.__main__ import sync
-
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
 def sweep_over_batches(model, batches: list, shared: bool, max_new_tokens: int) -> tuple[list, object]:
     """The study's loop: every layer, batch after batch, one run's templates;
     ``([{layer: ids}] per batch, templates or None)``."""
@@ -91,30 +79,27 @@ def sweep_over_batches(model, batches: list, shared: bool, max_new_tokens: int) 
 
 
 def naive_over_batches(model, batches: list, max_new_tokens: int) -> list:
-    from bench.__main__ import naive_zero_sweep
-
+    """The anchor over ``batches``: `bench.paths.naive_zero_sweep` at every layer, batch
+    after batch; ``[{layer: ids}]`` per batch."""
     return [naive_zero_sweep(model, b, list(range(model.n_layers)), max_new_tokens) for b in batches]
 
 
 def measure(model, batches: list, shared: bool, max_new_tokens: int, reps: int) -> dict:
     """Interleaved ``reps`` pairs (path over all batches, naive over all batches) after a
-    one-batch warm-up of each; medians, ratio, structural limit, ids against naive."""
+    one-batch warm-up of each; `bench.harness.pair_statistics` of them, the structural
+    limit and whether the ids equal naive's."""
     sweep_over_batches(model, batches[:1], shared, max_new_tokens)
     naive_over_batches(model, batches[:1], max_new_tokens)
     a, b, equal = [], [], True
     for _ in range(reps):
         found: dict = {}
-        a.append(_timed(lambda: found.update(zip(("fast", "templates"),
+        a.append(timed(lambda: found.update(zip(("fast", "templates"),
                                                  sweep_over_batches(model, batches, shared, max_new_tokens)))))
-        b.append(_timed(lambda: found.update(naive=naive_over_batches(model, batches, max_new_tokens))))
+        b.append(timed(lambda: found.update(naive=naive_over_batches(model, batches, max_new_tokens))))
         equal &= all(torch.equal(f[l], n[l]) for f, n in zip(found["fast"], found["naive"]) for l in n)
-    ma, mb = statistics.median(a), statistics.median(b)
-    pairs = [x / y for x, y in zip(a, b)]
     limit = row_layers(batches, model.n_layers, "shared" if shared else "exact") / \
         row_layers(batches, model.n_layers, "naive")
-    result = {"toolkit_s": ma, "anchor_s": mb, "ratio": ma / mb, "pair_ratio_median": statistics.median(pairs),
-              "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs), "toolkit_all_s": a, "anchor_all_s": b,
-              "limit": limit, "batches": len(batches), "ids_equal_naive": bool(equal)}
+    result = {**pair_statistics(a, b), "limit": limit, "batches": len(batches), "ids_equal_naive": bool(equal)}
     if shared:
         result["templates"] = found["templates"].stats()
     return result
@@ -125,7 +110,6 @@ def depth_table(log=print, quick: bool = False) -> list[dict]:
     batch, the first pass (templates computed), a second (templates reused), and how
     much of the second is decode steps (it again with one new token, no decode)."""
     import mech
-    from bench.__main__ import QUICK, build
 
     depths, prompts = ((2, 4), {k: dict(image_size=32, question_words=w) for k, w in ((30, 10), (20, 4))}) \
         if quick else (DEPTHS, PROMPTS)
@@ -142,10 +126,10 @@ def depth_table(log=print, quick: bool = False) -> list[dict]:
             templates = mech.ImageRowTemplates(model)
             run = lambda: mech.zero_mask_sweep(model, batch, None, new, share_image_rows=True,  # noqa: E731
                                                templates=templates)
-            first, reuse = _timed(run), _timed(run)
-            prefill = _timed(lambda: mech.zero_mask_sweep(model, batch, None, 1, share_image_rows=True,
+            first, reuse = timed(run), timed(run)
+            prefill = timed(lambda: mech.zero_mask_sweep(model, batch, None, 1, share_image_rows=True,
                                                           templates=templates))  # decode steps left out
-            naive = _timed(lambda: naive_over_batches(model, [batch], new))
+            naive = timed(lambda: naive_over_batches(model, [batch], new))
             naive_rows = row_layers([batch], depth, "naive")
             row = {"layers": depth, "prompt_tokens": batch.seq_len, "naive_s_per_sample": naive / per,
                    "shared_first_s_per_sample": first / per, "shared_reuse_s_per_sample": reuse / per,

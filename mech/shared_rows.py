@@ -41,9 +41,9 @@ class SharedLayoutError(ValueError):
 def shared_layout(batch: Batch) -> dict:
     """Where each row's padding, fixed prefix and image block lie.
 
-    Returns ``{"pad": [batch] long, "prefix": p, "prefix_ids": tuple, "counts": [batch]
-    long, "start": s0}``: row ``b`` is ``pad[b]`` pad tokens, the ``p`` prefix tokens
-    ``prefix_ids`` shared by all rows, its ``counts[b]`` image tokens, then its text;
+    Returns ``{"pad": [batch] long, "prefix_ids": tuple, "counts": [batch] long, "start":
+    s0}``: row ``b`` is ``pad[b]`` pad tokens, the prefix tokens ``prefix_ids`` shared by
+    all rows, its ``counts[b]`` image tokens, then its text;
     ``s0`` is the first position after the image in the row where it ends earliest (rows
     from ``s0`` on are computed per sample). Raises `SharedLayoutError` when rows do not
     look like that.
@@ -64,8 +64,7 @@ def shared_layout(batch: Batch) -> dict:
     prefixes = {tuple(ids[b, int(pad[b]):int(first[b])].tolist()) for b in range(batch.size)}
     if len(prefixes) != 1:
         raise SharedLayoutError("rows differ in the text before the image")
-    return {"pad": pad, "prefix": int(first[0] - pad[0]), "prefix_ids": prefixes.pop(), "counts": counts,
-            "start": int((first + counts).min())}
+    return {"pad": pad, "prefix_ids": prefixes.pop(), "counts": counts, "start": int((first + counts).min())}
 
 
 class ImageRowTemplates:
@@ -173,7 +172,7 @@ class SharedImageRows:
     def _prefix(self, j: int, keys: torch.Tensor, values: torch.Tensor, rows: dict):
         """Keys and values ``[batch, kv_heads, s0, head_dim]`` of every row before ``s0``:
         the batch's clean run for padding and prefix, the row's template for its image."""
-        s0, p = self.layout["start"], self.layout["prefix"]
+        s0, p = self.layout["start"], len(self.layout["prefix_ids"])
         keys, values = keys[:, :, :s0].clone(), values[:, :, :s0].clone()
         for b, (pad, count) in enumerate(zip(self.layout["pad"].tolist(), self.layout["counts"].tolist())):
             width = s0 - pad - p  # <= count: s0 is where the earliest image block ends

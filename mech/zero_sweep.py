@@ -218,13 +218,14 @@ def zero_mask_sweep(model, batch: Batch, layers: Iterable[int] | None = None, ma
                 return _generate(module, inputs, new_tokens, pad, return_scores)
 
     group = 1
-    if share_image_rows and decode_together and max_new_tokens > 1:
+    # No layers: no variant to decode, so nothing to group (and no cache to size it by).
+    if share_image_rows and decode_together and max_new_tokens > 1 and layers:
         from .decode_together import DecodeBuffer, decode_together as run_together
 
         buffer = templates.decode_buffer if templates is not None else DecodeBuffer()
-        keys = cached[layers[0]][0] if layers else None
-        shape = (batch.size, keys.shape[1], batch.seq_len + max_new_tokens, keys.shape[3]) if layers else None
-        group = buffer.variants_that_fit(model.n_layers, shape, keys) if layers else 1
+        keys = cached[layers[0]][0]
+        shape = (batch.size, keys.shape[1], batch.seq_len + max_new_tokens, keys.shape[3])
+        group = buffer.variants_that_fit(model.n_layers, shape, keys)
     out = None
     for lo in range(0, len(layers), group):
         part = layers[lo:lo + group]

@@ -8,7 +8,7 @@ from PIL import Image
 
 datasets = pytest.importorskip("datasets")
 
-import mech.datasets.benchmarks as bm  # noqa: E402
+import mech.datasets.hub_copies as hub_copies  # noqa: E402
 from mech.datasets import DATASETS, Sample, load  # noqa: E402
 from mech.prompts import question_prompt  # noqa: E402
 
@@ -126,7 +126,7 @@ def test_hub_ids_use_pinned_revision(monkeypatch):
         seen.append((str(where), kind, config, split, revision))
         return datasets.Dataset.from_dict({"question_id": [], "question": [], "answers": [], "image": []})
 
-    monkeypatch.setattr(bm, "_open_hf", fake_open)
+    monkeypatch.setattr(hub_copies, "open_hf", fake_open)
     pin = DATASETS["okvqa"].revision
     load("okvqa")
     load("okvqa", source="lmms-lab/OK-VQA")

@@ -177,7 +177,7 @@ def test_bench_structural_limits_count_the_rows_the_layers_run(path):
     """`bench.sweep.row_layers` equals the prefill rows the decoder layers really see,
     counted by forward hooks over a two-batch sweep (decode steps left out)."""
     from bench import sweep as sweeps
-    from bench.__main__ import QUICK, build
+    from bench.harness import QUICK, build
 
     model, _ = build(QUICK)
     batches = sweeps.batches(model, QUICK, 2)
@@ -347,7 +347,7 @@ def test_template_rows_equal_a_zero_masked_unpadded_prompt(model):
     batch = model.prepare(prompts=[model.prompt("what colour is the square?")], images=random_images(1))
     layout = shared_layout(batch)
     module, n = model.nn._module, int(batch.image_counts[0])
-    start = layout["prefix"]
+    start = len(layout["prefix_ids"])
     templates = mech.ImageRowTemplates(model)
     for layer in range(model.n_layers):
         def zero(_, args, kwargs):

@@ -1,8 +1,16 @@
-"""Datasets: every loader yields `Sample` objects."""
+"""Datasets: every loader yields `Sample` objects.
 
-from .benchmarks import DATASETS, load, register
+``benchmarks`` knows the datasets by name (`DATASETS`, `load`, `register`); it reads
+them through ``official`` (the benchmarks' own files), ``hub_copies`` (lmms-eval's
+copies on the Hugging Face Hub), ``shapes`` (generated) and ``easyvqa``, all on
+``base`` (`Benchmark`, the loaded sequence, and the seeded subsample every loader takes).
+"""
+
+from .base import Benchmark
+from .benchmarks import DATASETS, HF_ORGS, BenchmarkInfo, load, register
 from .sample import Sample
 from .shapes import VOCABULARY as SHAPES_VOCABULARY
 from .shapes import shapes
 
-__all__ = ["Sample", "load", "register", "DATASETS", "shapes", "SHAPES_VOCABULARY"]
+__all__ = ["Sample", "load", "register", "DATASETS", "shapes", "SHAPES_VOCABULARY", "Benchmark", "BenchmarkInfo",
+           "HF_ORGS"]

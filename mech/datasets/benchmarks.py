@@ -1,5 +1,7 @@
-"""The six VQA benchmarks of the paper, from the Hugging Face Hub (lmms-eval's copies)
-or from the benchmarks' official files, as ``Sample`` sequences.
+"""The benchmarks mech knows by name and loading one: the six VQA benchmarks of the
+paper, from the Hugging Face Hub (lmms-eval's copies, `mech.datasets.hub_copies`) or from
+the benchmarks' official files (`mech.datasets.official`), the generated shapes sets,
+easy-vqa, and datasets registered with `register`, each as a sequence of ``Sample``.
 
 Entry point: ``load(name, ...)``; ``DATASETS`` lists what ``name`` may be.
 
@@ -10,18 +12,18 @@ both names. Splits/configs are the ones lmms-eval's task YAMLs evaluate.
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import random
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-from PIL import Image
-
+from .base import Benchmark, pick
+from .easyvqa import easyvqa
+from .hub_copies import hf_entries, hf_image_getter, open_hub_checked
+from .official import OFFICIAL
 from .sample import Sample
+from .shapes import shapes
 
 __all__ = ["load", "register", "DATASETS", "Benchmark", "BenchmarkInfo", "HF_ORGS"]
 
@@ -73,352 +75,8 @@ DATASETS: dict[str, BenchmarkInfo] = {
     )
 }
 
-@dataclass(frozen=True)
-class _Rec:
-    id: str
-    question: str
-    answers: tuple[str, ...]
-    image: Path | Callable[[], Image.Image]
-    extras: dict = field(default_factory=dict)
 
-
-def _open_image(img: Path | Callable[[], Any]) -> Image.Image:
-    if callable(img):
-        return img().convert("RGB")
-    if not img.is_file():
-        raise FileNotFoundError(f"image file not found: {img}")
-    with Image.open(img) as im:
-        return im.convert("RGB")
-
-
-def _question_type(extras: dict) -> str | None:
-    """The group of a sample (see `Sample.question_type`) from its dataset fields."""
-    if extras.get("answer_type"):
-        return str(extras["answer_type"])
-    types = extras.get("question_types")
-    if isinstance(types, (list, tuple)) and types:
-        return str(types[0])
-    return None
-
-
-class Benchmark(Sequence[Sample]):
-    """A loaded benchmark: text is in memory, images are opened on access."""
-
-    def __init__(self, name: str, records: list[_Rec], *, split: str, source: str,
-                 revision: str | None):
-        self.name, self.split, self.source, self.revision = name, split, source, revision
-        self._records = records
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        r = self._records[i]
-        return Sample(r.id, self.name, _open_image(r.image), r.question, r.answers, r.extras, _question_type(r.extras))
-
-    def __iter__(self) -> Iterator[Sample]:
-        return (self[i] for i in range(len(self)))
-
-    def __repr__(self) -> str:
-        rev = f"@{self.revision[:7]}" if self.revision else ""
-        return f"Benchmark({self.name!r}, split={self.split!r}, n={len(self)}, source={self.source}{rev})"
-
-
-# --- official files -----------------------------------------------------------------
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); re-download the official file") from None
-
-
-def _find(root: Path, *names: str) -> Path:
-    for n in names:
-        for p in (root / n, *root.glob(f"*/{n}")):
-            if p.is_file():
-                return p
-    raise FileNotFoundError(
-        f"none of {list(names)} found in {root} (or one folder below); point source= at "
-        "the folder holding the official files")
-
-
-def _field(rec: Any, key: str, path: Path, i: int, rid: Any = None) -> Any:
-    if not isinstance(rec, dict) or key not in rec:
-        where = f"record {i}" + (f" (id {rid})" if rid is not None else "")
-        raise ValueError(f"{path}: {where} is malformed: missing {key!r}")
-    return rec[key]
-
-
-def _text(rec: Any, key: str, path: Path, i: int, rid: Any = None) -> str:
-    value = _field(rec, key, path, i, rid)
-    if not isinstance(value, str):
-        where = f"record {i}" + (f" (id {rid})" if rid is not None else "")
-        raise ValueError(f"{path}: {where}: {key!r} must be a string, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _texts(rec: Any, key: str, path: Path, i: int, rid: Any = None) -> tuple[str, ...]:
-    value = _field(rec, key, path, i, rid)
-    where = f"record {i}" + (f" (id {rid})" if rid is not None else "")
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ValueError(f"{path}: {where}: {key!r} must be a list of strings, got {type(value).__name__} "
-                         f"{value!r}" + (" (a single string would be split into characters)"
-                                         if isinstance(value, str) else ""))
-    if not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{path}: {where}: {key!r} must hold only strings, got {value!r}")
-    return tuple(value)
-
-
-def _records_list(data: Any, key: str, path: Path) -> list:
-    items = data.get(key) if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON object with a {key!r} list")
-    return items
-
-
-def _first_dir(root: Path, *cands: str) -> Path:
-    return next((root / c for c in cands if (root / c).is_dir()), root / cands[0])
-
-
-def _vqa_format(root: Path, qfile: str, afile: str, image_dir: Path | None) -> list[_Rec]:
-    qpath, apath = _find(root, qfile), _find(root, afile)
-    imgs = image_dir or _first_dir(root, "val2014", "images/val2014", "images")
-    anns = {}
-    for i, a in enumerate(_records_list(_read_json(apath), "annotations", apath)):
-        anns[_field(a, "question_id", apath, i)] = (i, a)
-    out = []
-    for i, q in enumerate(_records_list(_read_json(qpath), "questions", qpath)):
-        qid = _field(q, "question_id", qpath, i)
-        if qid not in anns:
-            raise ValueError(f"{apath}: no annotation for question_id {qid} "
-                             f"(record {i} of {qpath.name}); are the files from the same split?")
-        j, a = anns[qid]
-        answers = _answer_records(a, apath, j, qid)
-        image_id = int(_field(q, "image_id", qpath, i, qid))
-        extras = {k: a[k] for k in ("question_type", "answer_type", "multiple_choice_answer") if k in a}
-        out.append(_Rec(str(qid), _text(q, "question", qpath, i, qid), answers,
-                        imgs / f"COCO_val2014_{image_id:012d}.jpg", {"image_id": image_id, **extras}))
-    return out
-
-
-def _answer_records(rec: Any, path: Path, i: int, rid: Any) -> tuple[str, ...]:
-    """The ``answer`` strings of a record's list of annotator answer records."""
-    items = _field(rec, "answers", path, i, rid)
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: record {i} (id {rid}): 'answers' must be a list of answer records, "
-                         f"got {type(items).__name__}")
-    return tuple(_text(x, "answer", path, i, rid) for x in items)
-
-
-def _gqa_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]:
-    path = _find(root, "testdev_balanced_questions.json")
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object mapping question id -> question")
-    imgs = image_dir or _first_dir(root, "images")
-    out = []
-    for i, (qid, q) in enumerate(data.items()):
-        image_id = _field(q, "imageId", path, i, qid)
-        out.append(_Rec(str(qid), _text(q, "question", path, i, qid),
-                        (_text(q, "answer", path, i, qid),), imgs / f"{image_id}.jpg",
-                        {"imageId": image_id, "fullAnswer": q.get("fullAnswer")}))
-    return out
-
-
-def _textvqa_official(root: Path, image_dir: Path | None, ocr: bool = False, **_: Any) -> list[_Rec]:
-    path = _find(root, "TextVQA_0.5.1_val.json")
-    tokens: dict[str, list[str]] = {}
-    try:
-        opath = _find(root, "TextVQA_Rosetta_OCR_v0.2_val.json")
-    except FileNotFoundError:
-        if ocr:
-            raise FileNotFoundError(
-                f"ocr=True needs TextVQA_Rosetta_OCR_v0.2_val.json next to {path.name} in {root}; "
-                "download it from textvqa.org or load with ocr=False") from None
-    else:
-        for i, r in enumerate(_records_list(_read_json(opath), "data", opath)):
-            tokens[str(_field(r, "image_id", opath, i))] = list(_field(r, "ocr_tokens", opath, i))
-    imgs = image_dir or _first_dir(root, "train_images", "images")
-    out = []
-    for i, q in enumerate(_records_list(_read_json(path), "data", path)):
-        qid = _field(q, "question_id", path, i)
-        image_id = str(_field(q, "image_id", path, i, qid))
-        extras = {"image_id": image_id, "ocr_tokens": tokens.get(image_id, []), "use_ocr": ocr}
-        out.append(_Rec(str(qid), _text(q, "question", path, i, qid),
-                        _texts(q, "answers", path, i, qid), imgs / f"{image_id}.jpg", extras))
-    return out
-
-
-def _vizwiz_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]:
-    path = _find(root, "val.json")
-    data = _read_json(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of VizWiz annotations")
-    imgs = image_dir or _first_dir(root, "val", "images/val", "images")
-    out = []
-    for i, q in enumerate(data):
-        image = _field(q, "image", path, i)
-        answers = _answer_records(q, path, i, image)
-        extras = {k: q[k] for k in ("answer_type", "answerable") if k in q}
-        out.append(_Rec(Path(image).stem, _text(q, "question", path, i, image), answers,
-                        imgs / image, extras))
-    return out
-
-
-def _docvqa_official(root: Path, image_dir: Path | None, **_: Any) -> list[_Rec]:
-    path = _find(root, "val_v1.0.json", "val_v1.0_withQT.json")
-    # "image" fields are relative ("documents/x.png"): beside the JSON in the original
-    # layout; the SP-DocVQA download keeps the same field but puts every image in a flat
-    # spdocvqa_images/ folder next to spdocvqa_qas/.
-    bases = [image_dir] if image_dir else [path.parent, root]
-    flat = [image_dir] if image_dir else [d for d in (root / "spdocvqa_images", path.parent.parent / "spdocvqa_images")
-                                          if d.is_dir()]
-
-    def image(rel: str) -> Path:
-        for candidate in [b / rel for b in bases] + [d / Path(rel).name for d in flat]:
-            if candidate.is_file():
-                return candidate
-        return bases[0] / rel
-
-    out = []
-    for i, q in enumerate(_records_list(_read_json(path), "data", path)):
-        qid = _field(q, "questionId", path, i)
-        extras = {k: q[k] for k in ("docId", "question_types", "ucsf_document_id") if k in q}
-        out.append(_Rec(str(qid), _text(q, "question", path, i, qid), _texts(q, "answers", path, i, qid),
-                        image(_text(q, "image", path, i, qid)), extras))
-    return out
-
-
-_OFFICIAL: Mapping[str, Callable[..., list[_Rec]]] = {
-    "vqav2": lambda root, image_dir, **_: _vqa_format(
-        root, "v2_OpenEnded_mscoco_val2014_questions.json", "v2_mscoco_val2014_annotations.json", image_dir),
-    "okvqa": lambda root, image_dir, **_: _vqa_format(
-        root, "OpenEnded_mscoco_val2014_questions.json", "mscoco_val2014_annotations.json", image_dir),
-    "gqa": _gqa_official,
-    "textvqa": _textvqa_official,
-    "vizwiz": _vizwiz_official,
-    "docvqa": _docvqa_official,
-}
-
-# --- Hugging Face copies ------------------------------------------------------------
-
-# name -> (columns that must exist, row -> (id, question, answers, extras))
-_HF_ROWS: Mapping[str, tuple[tuple[str, ...], Callable[[dict], tuple]]] = {
-    "vqav2": (("question_id", "question", "answers"), lambda r: (
-        r["question_id"], r["question"], [a["answer"] for a in r["answers"]],
-        {k: r[k] for k in ("image_id", "question_type", "answer_type", "multiple_choice_answer") if k in r})),
-    "gqa": (("id", "imageId", "question", "answer"), lambda r: (
-        r["id"], r["question"], [r["answer"]], {"imageId": r["imageId"], "fullAnswer": r.get("fullAnswer")})),
-    "textvqa": (("question_id", "question", "answers", "ocr_tokens"), lambda r: (
-        r["question_id"], r["question"], r["answers"],
-        {"image_id": r.get("image_id"), "ocr_tokens": list(r["ocr_tokens"] or [])})),
-    "okvqa": (("question_id", "question", "answers"), lambda r: (
-        r["question_id"], r["question"], r["answers"],
-        {k: r[k] for k in ("question_type", "answer_type") if k in r})),
-    "vizwiz": (("question_id", "question", "answers"), lambda r: (
-        r["question_id"], r["question"], r["answers"], {"category": r.get("category")})),
-    "docvqa": (("questionId", "question", "answers"), lambda r: (
-        r["questionId"], r["question"], r["answers"],
-        {k: r[k] for k in ("docId", "question_types", "ucsf_document_id") if k in r})),
-}
-
-
-def _open_hf(where: str | Path, kind: str, config: str | None, split: str,
-             revision: str | None, cache_dir: str | None):
-    import datasets  # optional dependency ("hub" extra)
-
-    if kind == "disk":
-        sub = Path(where) / config if config and (Path(where) / config).is_dir() else Path(where)
-        ds = datasets.load_from_disk(str(sub))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ValueError(f"{sub}: no split {split!r} (has {sorted(ds)}); pass split=")
-            ds = ds[split]
-        return ds
-    return datasets.load_dataset(str(where), name=config, split=split, revision=revision,
-                                 cache_dir=cache_dir)
-
-
-def _open_hub_checked(name, where, kind, config, split, revision, cache_dir):
-    """`_open_hf`, with one clear sentence (and the fix) when the hub cannot serve it."""
-    from .. import hub
-
-    if kind != "hub":
-        return _open_hf(where, kind, config, split, revision, cache_dir)
-    fix = (f"use a local copy: load({name!r}, source=FOLDER) or --source {name}=FOLDER (the official files, "
-           "a save_to_disk folder or a hub snapshot)")
-    why = hub.unavailable(f"{name} ({where})", fix)
-    if why:
-        raise ConnectionError(why)
-    try:
-        return _open_hf(where, kind, config, split, revision, cache_dir)
-    except (ConnectionError, FileNotFoundError) as error:
-        if hub.offline():
-            raise ConnectionError(f"{name} ({where}): hub access is off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and "
-                                  f"it is not in the datasets cache; {fix}") from None
-        raise ConnectionError(f"{name} ({where}): could not be downloaded ({type(error).__name__}: {error}); "
-                              f"{fix}") from None
-
-
-def _hf_records(name: str, ds, indices: Sequence[int], label: str,
-                images: Callable[[dict], Any]) -> list[_Rec]:
-    needed, convert = _HF_ROWS[name]
-    missing = [c for c in needed if c not in ds.column_names]
-    if missing:
-        raise ValueError(f"{label}: columns {missing} missing (has {ds.column_names}); "
-                         f"is this the {name} dataset in lmms-eval's schema?")
-    text = ds.select_columns([c for c in ds.column_names if c != "image"])
-    cols = text[list(indices)] if indices else {c: [] for c in text.column_names}
-    rows = [{c: cols[c][k] for c in cols} for k in range(len(indices))]
-    out = []
-    for i, r in zip(indices, rows):
-        rid, question, answers, extras = convert(r)
-        if not isinstance(question, str):
-            raise ValueError(f"{label}: row {i} (id {rid}): the question must be a string, got {question!r}")
-        if isinstance(answers, str) or not isinstance(answers, (list, tuple)) \
-                or not all(isinstance(a, str) for a in answers):
-            raise ValueError(f"{label}: row {i} (id {rid}): answers must be a list of strings, got {answers!r}")
-        out.append(_Rec(str(rid), question, tuple(answers), images({"index": i, **r}), extras))
-    return out
-
-
-def _hf_image_getter(name: str, ds, where, kind, rev, cache_dir, label):
-    if name != "gqa":
-        if "image" not in ds.column_names:
-            raise ValueError(f"{label}: no 'image' column")
-        img_ds = ds.select_columns(["image"])
-        return lambda r: (lambda i=r["index"]: img_ds[i]["image"])
-    # lmms-eval's GQA keeps images in a separate config keyed by imageId.
-    img_ds = _open_hf(where, kind, "testdev_balanced_images", "testdev", rev, cache_dir)
-    index = {k: i for i, k in enumerate(img_ds["id"])}
-    img_ds = img_ds.select_columns(["image"])
-
-    def getter(r):
-        if r["imageId"] not in index:
-            raise FileNotFoundError(f"{label}: image {r['imageId']!r} (question {r['id']}) not "
-                                    "in the testdev_balanced_images config")
-        return lambda i=index[r["imageId"]]: img_ds[i]["image"]
-    return getter
-
-
-# --- entry point ----------------------------------------------------------------------
-
-def _pick(n: int, limit: int | None, seed: int) -> list[int]:
-    """All indices in order (no ``limit``), else the first ``limit`` of a seeded shuffle:
-    the subset of a larger limit starts with the smaller one, in the same order, so its
-    chunks (cut in this order) are the smaller run's and are reused."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be an integer >= 0, got {limit!r}")
-    if limit is None:
-        return list(range(n))
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return order[:limit]
-
+# --- loading by name ----------------------------------------------------------------
 
 def _info(name: str) -> BenchmarkInfo:
     if name not in DATASETS:
@@ -479,14 +137,11 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
             raise ValueError(f"{name}: a registered loader takes only limit= and seed=")
         return _LOADERS[name](name, limit=limit, seed=seed)
     if name == "easyvqa":
-        from .easyvqa import easyvqa
-
         return easyvqa(split or info.split, limit, seed)
     if name == "shapes" or name.startswith("shapes-"):
         if limit is None:
             raise ValueError(f"{name} is generated: pass limit=N for the number of samples")
-        mod = importlib.import_module("mech.datasets.shapes")
-        return list(mod.shapes(split or info.split, limit, seed, clutter=name.partition("-")[2] or None))
+        return list(shapes(split or info.split, limit, seed, clutter=name.partition("-")[2] or None))
     if split not in (None, info.split, info.hf_split):
         raise ValueError(f"{name}: split {split!r} not supported; this loader reads the "
                          f"evaluated split {info.split!r}")
@@ -499,13 +154,13 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
         if rev is None:
             warnings.warn(f"{where}: no pinned revision; loading its current main", stacklevel=2)
     if kind == "official":
-        recs = _OFFICIAL[name](Path(where), Path(image_dir) if image_dir else None, ocr=ocr)
-        recs = [recs[i] for i in _pick(len(recs), limit, seed)]
+        recs = OFFICIAL[name](Path(where), Path(image_dir) if image_dir else None, ocr=ocr)
+        recs = [recs[i] for i in pick(len(recs), limit, seed)]
     else:
-        ds = _open_hub_checked(name, where, kind, info.hf_config, info.hf_split, rev, cache_dir)
+        ds = open_hub_checked(name, where, kind, info.hf_config, info.hf_split, rev, cache_dir)
         label = f"{where}" + (f" [{info.hf_config}]" if info.hf_config else "")
-        images = _hf_image_getter(name, ds, where, kind, rev, cache_dir, label)
-        recs = _hf_records(name, ds, _pick(len(ds), limit, seed), label, images)
+        images = hf_image_getter(name, ds, where, kind, rev, cache_dir, label)
+        recs = hf_entries(name, ds, pick(len(ds), limit, seed), label, images)
     for r in recs:
         if name == "textvqa":
             r.extras["use_ocr"] = ocr

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .base import Benchmark, Entry, pick
+
 __all__ = ["easyvqa"]
 
 
@@ -17,12 +19,11 @@ def easyvqa(split: str = "test", limit: int | None = None, seed: int = 0):
         import easy_vqa
     except ImportError:
         raise ImportError("easyvqa needs the easy-vqa package: pip install easy-vqa") from None
-    from .benchmarks import Benchmark, _pick, _Rec
 
     if split not in ("train", "test"):
         raise ValueError(f"easyvqa: split {split!r} not known; use 'train' or 'test'")
     texts, answers, image_ids = getattr(easy_vqa, f"get_{split}_questions")()
     paths = getattr(easy_vqa, f"get_{split}_image_paths")()
-    recs = [_Rec(f"easyvqa-{split}-{i:05d}", texts[i], (answers[i],), Path(paths[image_ids[i]]),
-                 {"image_id": image_ids[i]}) for i in _pick(len(texts), limit, seed)]
+    recs = [Entry(f"easyvqa-{split}-{i:05d}", texts[i], (answers[i],), Path(paths[image_ids[i]]),
+                  {"image_id": image_ids[i]}) for i in pick(len(texts), limit, seed)]
     return Benchmark("easyvqa", recs, split=split, source=str(Path(easy_vqa.__file__).parent), revision=None)

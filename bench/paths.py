@@ -1,0 +1,68 @@
+"""The paths the benchmarks time: mech's toolkit paths and the plain Hugging Face /
+PyTorch anchors they are timed against.
+
+"Plain forward" is the Hugging Face module called directly under ``torch.no_grad()``;
+the sweep's anchor is one plain ``generate`` per layer with a forward pre-hook.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def plain_forward(model, batch, **kwargs):
+    """The anchor: logits ``[batch, seq, vocab]`` of the Hugging Face module called directly."""
+    with torch.no_grad():
+        return model.nn._module(**batch.inputs, **kwargs).logits
+
+
+def traced(model, batch, *interventions):
+    """``(logits [batch, seq, vocab], what mech.apply returned or None)`` of one nnsight
+    trace with ``interventions``."""
+    import mech
+
+    results = None
+    with torch.no_grad(), model.trace(batch):
+        if interventions:
+            results = mech.apply(model, batch, *interventions)
+        logits = model.logits.save()
+    return logits, results
+
+
+def capture(model, batch, layers):
+    """A trace capturing image attention at ``layers``."""
+    import mech
+
+    return traced(model, batch, mech.CaptureImageAttention(layers=layers))
+
+
+def contrastive(model, batch):
+    """A trace with `mech.ContrastiveMask` (one forward pass)."""
+    import mech
+
+    return traced(model, batch, mech.ContrastiveMask())
+
+
+def naive_zero_sweep(model, batch, layers, max_new_tokens):
+    """The anchor: one plain Hugging Face generate per layer, image tokens zeroed at the
+    layer's input by a forward pre-hook; ``{layer: ids [batch, seq + new]}``."""
+    from mech.interventions import _image_multiplier
+
+    module = model.nn._module
+    out = {}
+    for layer in layers:
+        state = {"prefill": True}
+
+        def zero(_, args, state=state):
+            if state["prefill"]:
+                state["prefill"] = False
+                return (args[0] * _image_multiplier(batch, 0.0, args[0]), *args[1:])
+        handle = module.model.language_model.layers[layer].register_forward_pre_hook(zero)
+        try:
+            with torch.no_grad():
+                out[layer] = module.generate(**batch.generate_inputs, max_new_tokens=max_new_tokens,
+                                             do_sample=False,
+                                             pad_token_id=model.processor.tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+    return out
