@@ -46,7 +46,7 @@ def contrastive(model, batch):
 def naive_zero_sweep(model, batch, layers, max_new_tokens):
     """The anchor: one plain Hugging Face generate per layer, image tokens zeroed at the
     layer's input by a forward pre-hook; ``{layer: ids [batch, seq + new]}``."""
-    from mech.interventions import _image_multiplier
+    from mech.interventions import image_multiplier
 
     module = model.nn._module
     out = {}
@@ -56,7 +56,7 @@ def naive_zero_sweep(model, batch, layers, max_new_tokens):
         def zero(_, args, state=state):
             if state["prefill"]:
                 state["prefill"] = False
-                return (args[0] * _image_multiplier(batch, 0.0, args[0]), *args[1:])
+                return (args[0] * image_multiplier(batch, 0.0, args[0]), *args[1:])
         handle = module.model.language_model.layers[layer].register_forward_pre_hook(zero)
         try:
             with torch.no_grad():

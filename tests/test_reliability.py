@@ -1,7 +1,6 @@
 """Long runs: nothing finished recomputed, nothing overwritten, nothing invalid published,
 every bad input refused first and clearly. One section per defect of the reliability issue."""
 
-import copy
 import json
 import os
 import shutil
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
