@@ -18,7 +18,8 @@ from .model import Model, load
 from .runner import ContextWarning, Decoder, Record, Results, run, slug, sweep
 from .dola import DoLa
 from .vicrop import ViCrop
-from .store import ChunkWarning, WriteError
+from .store import ChunkWarning
+from .writes import WriteError
 from .shared_rows import ImageRowTemplates
 from .zero_sweep import zero_mask_sweep
 

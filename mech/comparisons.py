@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import stats
+from . import parallel, stats
 from .runner import slug, sweep
 
 
@@ -62,9 +62,11 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
     """
     coords = list(named)
     runs = {}
-    for name, samples in samples_by_dataset.items():
-        folders = {"baseline": None, **{slug(named[c]): named[c] for c in coords}}
-        results = sweep(model, samples, folders, out=chunk_folder(out, name), **run_options)
+    folders = {"baseline": None, **{slug(named[c]): named[c] for c in coords}}
+    # a shard finishes every dataset it can before it stops (mech.parallel.each)
+    swept = parallel.each(samples_by_dataset, lambda name, samples: sweep(
+        model, samples, folders, out=chunk_folder(out, name), **run_options))
+    for name, results in swept.items():
         parts = []
         for c in coords:
             one = results[slug(named[c])].to_xarray()

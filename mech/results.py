@@ -24,7 +24,9 @@ class Record:
     ``seconds``: generate wall time of this sample (``timing="per-sample"``) or its equal
     share of its batch's (``"amortised"`` over ``batch_size`` samples). ``new_tokens``:
     generated tokens before the first EOS. ``extras``: per-sample intervention results
-    as plain ints/floats/lists (e.g. ``pre_layer``). ``score`` is None without answers.
+    as plain ints/floats/lists (e.g. ``pre_layer``). ``answers``: the sample's gold
+    answers, kept so that scores can always be made again from the prediction (`rescore`);
+    ``score`` is None without answers.
     """
 
     id: str
@@ -38,6 +40,27 @@ class Record:
     extras: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     question_type: str | None = None
+    answers: list[str] = field(default_factory=list)
+
+    def rescore(self, protocol: str) -> "Record":
+        """Score the prediction against the answers under every protocol (``scores``) and
+        keep ``protocol``'s as ``score``: the one way a score is made, whether the record
+        was just generated, reused from a chunk or read by `Results.load`. A scorer
+        returning anything but a finite number in [0, 1] raises `mech.metrics.InvalidScore`
+        naming the dataset, the sample and the value."""
+        from . import metrics
+
+        if not self.answers:
+            self.scores, self.score = {}, None
+            return self
+        try:
+            self.scores = {p: metrics.score(self.dataset, self.prediction, self.answers, protocol=p)
+                           for p in metrics.PROTOCOLS}
+        except metrics.InvalidScore as error:
+            raise metrics.InvalidScore(str(error).replace(f"dataset {self.dataset}:",
+                                                          f"dataset {self.dataset}, sample {self.id}:", 1)) from None
+        self.score = self.scores[protocol]
+        return self
 
     @property
     def inverse_time(self) -> float:
@@ -75,10 +98,13 @@ class Results:
         """Read a finished run from its folder without the model (``computed`` stays empty).
 
         A folder can hold several configurations (``run-<id>.json`` manifests); with more
-        than one, ``run`` (a manifest name or its id prefix) says which. ``protocol``:
-        which of each record's ``scores`` becomes ``score`` (default: the protocol of that
-        run). Raises ValueError if a chunk is missing, unreadable, fails its checksum, is
-        from another configuration, or repeats a sample id.
+        than one, ``run`` (a manifest name or its id prefix) says which. Scores are made
+        again from each record's prediction and answers (`Record.rescore`), under
+        ``protocol`` (default: the protocol of that run), exactly as the runner does when
+        it reuses a chunk: the same chunk gives the same scores everywhere. Raises
+        ValueError if a manifest is damaged, or a chunk is missing, unreadable, fails its
+        checksum, is from another configuration (or other code, unless the run accepted
+        it: ``meta["chunks_of_other_code"]``), or repeats a sample id.
         """
         from . import metrics
 
@@ -93,10 +119,11 @@ class Results:
             raise ValueError(f"{folder} holds {len(manifests)} configurations: "
                              + "; ".join(_describe(m) for m in manifests)
                              + "; pass run= (a manifest name or id prefix) to pick one")
-        meta = json.loads(manifests[0].read_text())
+        meta = _manifest(manifests[0])
         protocol = metrics.check_protocol(protocol or meta.get("protocol", metrics.DEFAULT_PROTOCOL))
         meta["protocol"] = protocol
         base = {k: v for k, v in meta.pop("fingerprint").items() if k != "samples"}
+        other_code = meta.get("chunks_of_other_code", {})
         records, seen, names = [], set(), meta.pop("chunks")
         for name in names:
             path = folder / name
@@ -106,20 +133,25 @@ class Results:
                 ids = fingerprint.pop("samples")["ids"]
                 if data.get("records_sha256") != st.digest(data["records"]):
                     raise ValueError("records do not match their checksum")
+                if any("answers" not in r for r in data["records"]):
+                    raise ValueError("records without their answers, written by an earlier mech: their scores "
+                                     "cannot be made again")
                 chunk = [Record(**r) for r in data["records"]]
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise ValueError(f"{path}: missing or unreadable ({error}); rerun mech.run with "
                                  f"out={str(folder)!r} to finish it") from None
-            if st.dumps(fingerprint) != st.dumps(base) or [r.id for r in chunk] != ids:
+            if name in other_code:  # accepted by the run that wrote the manifest: compared less its code
+                fingerprint.pop("code", None)
+                expected = {k: v for k, v in base.items() if k != "code"}
+            else:
+                expected = base
+            if st.dumps(fingerprint) != st.dumps(expected) or [r.id for r in chunk] != ids:
                 raise ValueError(f"{path} is from another configuration than {manifests[0].name}")
             repeated = seen.intersection(ids)
             if repeated:
                 raise ValueError(f"{path} repeats sample ids of other chunks: {sorted(repeated)[:5]}")
             seen.update(ids)
-            for r in chunk:
-                if r.scores:
-                    r.score = r.scores[protocol]
-            records += chunk
+            records += [r.rescore(protocol) for r in chunk]
         return cls(records, meta, reused=list(range(len(names))))
 
     def to_xarray(self):
@@ -166,7 +198,21 @@ class Results:
         return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+def _manifest(path: Path) -> dict:
+    """A run manifest's contents, or a ValueError naming the file and the fix."""
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), dict) \
+                or not isinstance(meta.get("chunks"), list):
+            raise ValueError("no fingerprint or chunk list")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: damaged run manifest ({type(error).__name__}: {error}); delete it and rerun "
+                         "mech.run (or the study) with the same arguments to write it again (finished chunks "
+                         "are reused)") from None
+    return meta
+
+
 def _describe(manifest: Path) -> str:
-    meta = json.loads(manifest.read_text())
+    meta = _manifest(manifest)
     return (f"{manifest.name} ({meta.get('n_samples')} samples, batch_size {meta.get('batch_size')}, "
             f"max_new_tokens {meta.get('max_new_tokens')}, timing {meta.get('timing')})")

@@ -2,7 +2,7 @@
 
 A run's output folder holds one file per chunk of samples, named by its fingerprint::
 
-    chunk-<first 20 hex of sha256(fingerprint)>.json
+    chunk-<20 hex of sha256(fingerprint less "code")>-<8 hex of sha256(code)>.json
     {"format": 2,
      "fingerprint": {...},          # everything that produced the records, see below
      "fingerprint_sha256": "...",   # of the canonical JSON of "fingerprint"
@@ -12,47 +12,51 @@ A run's output folder holds one file per chunk of samples, named by its fingerpr
 
 and one manifest per configuration, ``run-<sha>.json`` (the configuration, the sample
 count and the ordered chunk files), which `mech.Results.load` reads. The fingerprint
-holds the model (config, template and a digest of every weight), the intervention
-with every parameter, the generation settings, the timing mode, the prompt function and
-the chunk's exact sample ids with a digest of their prompts, images and answers; so
-runs of different configurations share a folder without touching each other's chunks,
-and equal chunks of different runs (a larger ``limit``, another study) are one file.
+holds the code that makes records (`mech.codebase.identity`), the model by content
+(`model_fingerprint`: config, processor, template and a digest of every weight; never the
+path or name it was loaded by), the intervention with every parameter, the generation
+settings, the timing mode, the prompt function and the chunk's exact sample ids with a
+digest of their prompts, images and answers; so runs of different configurations share
+a folder without touching each other's chunks, and equal chunks of different runs (a
+larger ``limit``, another study, the same model by another path) are one file.
 
 A chunk is reused only if it parses, has this format, its fingerprint equals the one
 the current run computes and its records match their checksum; otherwise a
-`ChunkWarning` names the file and the chunk is recomputed. Writes go to a unique
-temporary file that replaces the target, so a killed or failing writer leaves the old
-file or none; a failed write raises `WriteError` with the path and the reason. A lock
-per chunk (``.locks/``, ``flock``, released if its holder dies) lets several processes
-share one folder's work instead of repeating it.
+`ChunkWarning` names the file and the chunk is recomputed. A chunk of the same
+configuration made by other code sits beside it (the name's second part differs): it
+is recomputed with a warning that names it, or reused when the run asks for it
+(``reuse_other_code``), and then listed in `ACCEPTED` and in the run's provenance.
+
+Writes go to a unique temporary file (named by its writer's host and process, locked
+while written) that replaces the target, so a killed or failing writer leaves the old
+file or none; a failed write raises `WriteError` with the path and the reason; the
+temporary files of dead writers are removed when the folder is next opened. A lock per
+chunk (``.locks/``, ``flock``, released if its holder dies, removed once the chunk is
+done) lets several processes share one folder's work instead of repeating it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import torch
 
+from .writes import WriteError, atomic_write, readable_mode, remove_leftovers, write_error  # noqa: F401
+
 FORMAT = 2
 WRITTEN: list[Path] = []  # chunk files this process wrote (what an interrupted run saved)
+ACCEPTED: list[dict] = []  # chunks of other code this process reused when asked: {"file", "code"}
 
 
 class ChunkWarning(UserWarning):
     """A chunk file on disk was foreign, unreadable or tampered with and is recomputed."""
-
-
-class WriteError(OSError):
-    """A result file could not be written; nothing partial was left behind."""
 
 
 def canonical(value: Any) -> Any:
@@ -122,22 +126,71 @@ def weights_digest(module: torch.nn.Module) -> str | None:
     return h.hexdigest()
 
 
+# Keys that say where a config or processor was loaded from, not what it is.
+_WHERE = {"_name_or_path", "name_or_path", "_commit_hash", "transformers_version", "vocab_file", "is_local",
+          "local_files_only", "processor_class"}
+
+
+def _content(value: Any) -> Any:
+    """``value`` without the keys that name a path, commit or saving version, at any depth."""
+    if isinstance(value, dict):
+        return {str(k): _content(v) for k, v in value.items() if str(k) not in _WHERE}
+    if isinstance(value, (list, tuple)):
+        return [_content(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+def config_digest(config) -> str:
+    """sha256 of a transformers config by content (every setting; not where it came from)."""
+    return digest(_content(json.loads(config.to_json_string(use_diff=False))))
+
+
+def processor_digest(processor) -> str | None:
+    """sha256 of what the processor does to a prompt and an image: its own and its image
+    processor's settings, and the tokenizer's vocabulary, merges, normalisation, added and
+    special tokens (the serialised ``tokenizers`` model) and padding side."""
+    if processor is None:
+        return None
+    tokenizer = getattr(processor, "tokenizer", processor)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    settings = processor.to_dict() if hasattr(processor, "to_dict") and processor is not tokenizer else {}
+    if backend is not None:  # its padding/truncation state is set per call by the tokenizer: not content
+        vocabulary = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+    else:
+        vocabulary = sorted(tokenizer.get_vocab().items())
+    return digest(_content({
+        "processor": settings,
+        "tokenizer": vocabulary,
+        "special": {name: str(getattr(tokenizer, name, None))
+                    for name in ("bos_token", "eos_token", "pad_token", "unk_token")},
+        "padding_side": getattr(tokenizer, "padding_side", None),
+    }))
+
+
 def model_fingerprint(model) -> dict:
-    """Identity of the weights (all of them, see `weights_digest`), config and template."""
+    """Identity of the model by content: config, attention implementation, dtype, a digest
+    of every weight (`weights_digest`), the processor (`processor_digest`) and the prompt
+    template. Never the path, hub id or spelling it was loaded by, so ``"tiny"``, its
+    folder by a relative or absolute path, and a node-local copy are one model. Without
+    materialised weights (a model served by NDIF) the hub id, revision and commit stand in
+    for them."""
     module = model.nn._module
     config = model.config
-    return {
-        "source": model.source,
-        "revision": model.revision,
+    weights = weights_digest(module)
+    identity = {
         "family": model.family.name,
-        "name_or_path": getattr(config, "_name_or_path", None),
-        "commit": getattr(config, "_commit_hash", None),
-        "config_sha256": hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest(),
-        "weights_xxh3_128": weights_digest(module),
+        "config_sha256": config_digest(config),
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "weights_xxh3_128": weights,
         "dtype": str(next(module.parameters()).dtype),
+        "processor_sha256": processor_digest(model.processor),
         "template": model.template,
         "template_source": model.prompt_template.source,
     }
+    if weights is None:
+        identity["served"] = {"source": model.source, "revision": model.revision,
+                              "commit": getattr(config, "_commit_hash", None)}
+    return identity
 
 
 def pretty(data: dict) -> str:
@@ -149,51 +202,6 @@ def pretty(data: dict) -> str:
     return "{\n" + ",\n".join(items) + "\n}\n"
 
 
-def _readable_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` through ``write(temporary_path)``: a unique temporary file in the same
-    folder, made readable as the umask allows (collaborators can read a shared run), then
-    renamed over ``path``. On any failure the temporary file is removed and a `WriteError`
-    names the path and the reason (e.g. the disk is full)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise _write_error(path, error) from None
-    tmp = Path(tmp)
-    try:
-        os.fchmod(fd, _readable_mode())
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, (OSError, RuntimeError)):
-            raise _write_error(path, error) from None
-        raise
-    return path
-
-
-def _write_error(path: Path, error: BaseException) -> WriteError:
-    try:
-        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
-    except OSError:
-        free = None
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or free == 0
-    hint = "the disk is full: free space there and rerun (finished results are kept)" if full \
-        else "rerun once that is fixed (finished results are kept)"
-    space = f", {free} bytes free" if free is not None else ""
-    code = error.errno if isinstance(error, OSError) and error.errno else errno.EIO
-    return WriteError(code, f"could not write {path}: {reason}{space}; nothing partial was left; {hint}")
-
-
 def write_json(path: Path, data: dict) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "w") as f:
@@ -201,6 +209,23 @@ def write_json(path: Path, data: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return atomic_write(path, write)
+
+
+class Stored(NamedTuple):
+    """What `ChunkStore.load` found: the records (None if not reusable), why not (None if
+    there was nothing or it is sound), the file read and the code that made it."""
+
+    records: list[dict] | None
+    problem: str | None
+    path: Path | None = None
+    code: dict | None = None
+
+
+def _code_differences(stored: dict | None, current: dict | None) -> str:
+    if not isinstance(stored, dict):
+        return "no code recorded"
+    keys = sorted(k for k in {*stored, *(current or {})} if stored.get(k) != (current or {}).get(k))
+    return ", ".join(f"{k} {stored.get(k)} (this code: {(current or {}).get(k)})" for k in keys)
 
 
 class ChunkStore:
@@ -214,17 +239,18 @@ class ChunkStore:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise _write_error(self.folder / "chunk", error) from None
+            raise write_error(self.folder / "chunk", error) from None
+        remove_leftovers(self.folder)
+        _remove_free_locks(self.folder / ".locks")
+
+    def stem(self, fingerprint: dict) -> str:
+        """The name's first part: the fingerprint less the code, shared by every code version."""
+        return f"chunk-{digest({k: v for k, v in fingerprint.items() if k != 'code'})[:20]}"
 
     def path(self, fingerprint: dict) -> Path:
-        return self.folder / f"chunk-{digest(fingerprint)[:20]}.json"
+        return self.folder / f"{self.stem(fingerprint)}-{digest(fingerprint.get('code'))[:8]}.json"
 
-    def load(self, fingerprint: dict) -> tuple[list[dict] | None, str | None]:
-        """``(records, None)`` if the chunk of ``fingerprint`` exists and is sound;
-        ``(None, None)`` if it does not exist; ``(None, why)`` if it is corrupt or foreign."""
-        path = self.path(fingerprint)
-        if not path.exists():
-            return None, None
+    def _read(self, path: Path, fingerprint: dict, any_code: bool = False) -> Stored:
         try:
             data = json.loads(path.read_text())
             stored, records = data["fingerprint"], data["records"]
@@ -233,14 +259,42 @@ class ChunkStore:
             if not isinstance(records, list) or len(records) != len(fingerprint["samples"]["ids"]):
                 raise ValueError("record count does not match the chunk's samples")
         except (OSError, ValueError, KeyError, TypeError) as error:
-            return None, f"{path}: corrupt chunk ({type(error).__name__}: {error}); recomputing"
-        if dumps(stored) != dumps(fingerprint):
-            keys = sorted(k for k in fingerprint if dumps(stored.get(k)) != dumps(fingerprint[k]))
+            return Stored(None, f"{path}: corrupt chunk ({type(error).__name__}: {error}); recomputing", path)
+        code = stored.get("code") if isinstance(stored, dict) else None
+        compared = [k for k in fingerprint if not (any_code and k == "code")]
+        if not isinstance(stored, dict) or any(dumps(stored.get(k)) != dumps(fingerprint[k]) for k in compared) \
+                or any(k not in fingerprint for k in stored):
+            stored = stored if isinstance(stored, dict) else {}
+            keys = sorted(k for k in compared if dumps(stored.get(k)) != dumps(fingerprint[k]))
             keys += sorted(k for k in stored if k not in fingerprint)
-            return None, f"{path}: foreign chunk (fingerprint differs in {', '.join(keys)}); recomputing"
+            return Stored(None, f"{path}: foreign chunk (fingerprint differs in {', '.join(keys)}); recomputing", path)
         if data.get("records_sha256") != digest(records):
-            return None, f"{path}: records do not match their checksum (edited or damaged); recomputing"
-        return records, None
+            return Stored(None, f"{path}: records do not match their checksum (edited or damaged); recomputing", path)
+        return Stored(records, None, path, code)
+
+    def load(self, fingerprint: dict, other_code: bool = False) -> Stored:
+        """The chunk of ``fingerprint``: its records if it exists and is sound; else why not
+        (None if there is no such file). With none made by this code, a chunk of the same
+        configuration made by other code is reused if ``other_code``, else named in the
+        problem (it is never reused silently)."""
+        path = self.path(fingerprint)
+        found = self._read(path, fingerprint) if path.exists() else Stored(None, None)
+        if found.records is not None:
+            return found
+        others = sorted((p for p in self.folder.glob(f"{self.stem(fingerprint)}-*.json") if p != path),
+                        key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for other in others:
+            candidate = self._read(other, fingerprint, any_code=True)
+            if candidate.records is None:
+                continue
+            if other_code:
+                ACCEPTED.append({"file": str(other), "code": candidate.code})
+                return candidate
+            why = (f"{other}: made by other code ({_code_differences(candidate.code, fingerprint.get('code'))}); "
+                   "recomputing with this code (reuse_other_code=True, or --reuse-other-code in a study, "
+                   "reuses it and records that in the provenance)")
+            return Stored(None, "; ".join(x for x in (found.problem, why) if x))
+        return found
 
     def save(self, fingerprint: dict, records: list[dict], meta: dict) -> Path:
         data = {"format": FORMAT, "fingerprint": fingerprint, "fingerprint_sha256": digest(fingerprint),
@@ -252,11 +306,16 @@ class ChunkStore:
     def manifest_path(self, base: dict, ids: list[str]) -> Path:
         return self.folder / f"run-{digest([base, ids])[:20]}.json"
 
-    def write_manifest(self, meta: dict, base: dict, ids: list[str], chunks: list[dict]) -> Path:
-        """The run's configuration and its ordered chunk files (chunk fingerprints given)."""
+    def write_manifest(self, meta: dict, base: dict, ids: list[str], chunks: list[dict],
+                       used: dict[int, Stored] | None = None) -> Path:
+        """The run's configuration and its ordered chunk files (chunk fingerprints given);
+        ``used``: chunk index -> the chunk of other code taken in its place."""
+        used = used or {}
+        names = [used[i].path.name if i in used else self.path(f).name for i, f in enumerate(chunks)]
+        other = {used[i].path.name: used[i].code for i in sorted(used)}
         return write_json(self.manifest_path(base, ids), {
             **meta, "format": FORMAT, "fingerprint": {**base, "samples": "per chunk"},
-            "chunks": [self.path(f).name for f in chunks]})
+            "chunks": names, **({"chunks_of_other_code": other} if other else {})})
 
 
 @contextmanager
@@ -264,22 +323,59 @@ def lock_chunks(chunks: list[tuple[ChunkStore, dict]], wait: bool):
     """Hold the locks of these ``(store, fingerprint)`` chunks, taken in path order so two
     holders never deadlock; yields False at once, holding nothing, if ``wait`` is False
     and another process holds one. Locks live in ``<folder>/.locks`` and are released by
-    the kernel when their holder dies."""
+    the kernel when their holder dies; when the block ends without an error (its chunks
+    are done) their files are removed."""
     paths = sorted({store.folder / ".locks" / f"{store.path(f).stem}.lock" for store, f in chunks})
     held = []
+    done = False
     try:
         for path in paths:
-            path.parent.mkdir(exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, _readable_mode())
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
+            fd = _lock(path, wait)
+            if fd is None:
                 yield False
                 return
-            held.append(fd)
+            held.append((path, fd))
         yield True
+        done = True
     finally:
-        for fd in held:
+        for path, fd in held:
+            if done:
+                path.unlink(missing_ok=True)  # while held: a waiter sees it gone and takes a fresh one
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _remove_free_locks(folder: Path) -> None:
+    """Lock files nobody holds (their chunk done, or their holder dead) are removed."""
+    for path in folder.glob("*.lock") if folder.is_dir() else ():
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink()  # held: a process that opened it before sees it gone (`_lock`)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _lock(path: Path, wait: bool) -> int | None:
+    """An fd holding the flock of ``path``; None if ``wait`` is False and it is held. A lock
+    file removed while this waited for it is taken again under its new name."""
+    while True:
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, readable_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # removed by its last holder once its chunk was done: lock the current file

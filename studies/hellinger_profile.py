@@ -33,9 +33,11 @@ def profile(model, samples_by_dataset: dict, *, out, heads: str = "mean", **run_
     capture = mech.CaptureImageAttention(layers=layers, heads=heads)
     options = {**run_options, "max_new_tokens": 1}  # attention is read in the prefill
     runs = {}
-    for name, samples in samples_by_dataset.items():
-        results = mech.sweep(model, samples, {f"capture-{heads}": capture}, out=mech.comparisons.chunk_folder(out, name),
-                             **options)[f"capture-{heads}"]
+    # a shard finishes every dataset it can before it stops (mech.parallel.each)
+    swept = mech.parallel.each(samples_by_dataset, lambda name, samples: mech.sweep(
+        model, samples, {f"capture-{heads}": capture}, out=mech.comparisons.chunk_folder(out, name), **options))
+    for name, by_run in swept.items():
+        results = by_run[f"capture-{heads}"]
         distances = []
         for record in results.records:
             attention = torch.stack(attention_by_layer(record, layers))  # [layer, n_image]

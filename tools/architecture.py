@@ -24,7 +24,8 @@ PACKAGES = ("mech", "studies", "bench")
 # package __init__ files re-export their layer's public names.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rules", ("mech.checks", "mech.hub", "mech.stats", "mech.metrics", "mech.generation", "mech.prompts",
-               "mech.datasets", "mech.store", "mech.parallel", "mech.progress")),
+               "mech.datasets", "mech.store", "mech.parallel", "mech.progress", "mech.codebase",
+               "mech.writes")),
     ("model", ("mech.families", "mech.templates", "mech.batch", "mech.zoo.processor", "mech.zoo.random_llava",
                "mech.zoo.random_vlm", "mech.zoo.tiny", "mech.model", "mech.remote", "mech.hooks")),
     ("primitives", ("mech.attention", "mech.contrastive", "mech.interventions", "mech.analysis",

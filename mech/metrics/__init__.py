@@ -14,23 +14,31 @@
 
 The embedded ``shapes`` set is scored as VQAv2 (ten answers) and ``easyvqa`` as GQA (one
 answer). `register` adds a scorer for a dataset of your own. Corpus scores are plain means
-of the per-question scores under both protocols.
+of the per-question scores under both protocols, so every score must be a finite number in
+[0, 1]: anything else (NaN, an infinity, 1.5, a string) is an `InvalidScore` naming the
+dataset, the prediction and the value, never averaged in or skipped.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 from . import lmms, official
 from .normalise import digit_article, evalai, punctuation
 
 __all__ = ["score", "register", "describe", "PROTOCOLS", "DEFAULT_PROTOCOL", "SCORERS", "official", "lmms",
-           "punctuation", "digit_article", "evalai", "check_protocol"]
+           "punctuation", "digit_article", "evalai", "check_protocol", "InvalidScore", "LOWEST", "HIGHEST"]
 
 PROTOCOLS = ("lmms-eval", "official")
 DEFAULT_PROTOCOL = "lmms-eval"
 
 Scorer = Callable[[str, Sequence[str]], float]
+LOWEST, HIGHEST = 0.0, 1.0  # the range of every score: accuracy is their mean
+
+
+class InvalidScore(ValueError):
+    """A scorer returned something that is not a score (NaN, an infinity, out of range)."""
 
 _VQAV2 = {"official": official.vqa, "lmms-eval": lmms.vqav2}
 _GQA = {"official": official.gqa, "lmms-eval": lmms.gqa}
@@ -71,7 +79,8 @@ def score(dataset: str, prediction: str, answers: Sequence[str], protocol: str =
     """Score ``prediction`` (the generated text) against ``answers`` (the dataset's gold
     answers: ten annotators for VQA-style sets, one for GQA) with ``dataset``'s scorer
     under ``protocol``. Raises ValueError for an unknown dataset or protocol, no answers,
-    or (GQA-style sets) more than one answer."""
+    or (GQA-style sets) more than one answer, and `InvalidScore` if the scorer returns
+    anything but a finite number in [0, 1]."""
     check_protocol(protocol)
     if dataset not in SCORERS:
         raise ValueError(f"no scorer for dataset {dataset!r}; known: {', '.join(sorted(SCORERS))} "
@@ -85,7 +94,21 @@ def score(dataset: str, prediction: str, answers: Sequence[str], protocol: str =
     scorer = SCORERS[dataset][protocol]
     if scorer in _ONE_ANSWER and len(answers) != 1:
         raise ValueError(f"{dataset}: scored as GQA, which has exactly one gold answer; got {len(answers)}")
-    return float(scorer(prediction, answers))
+    return checked(dataset, protocol, prediction, scorer(prediction, answers))
+
+
+def checked(dataset: str, protocol: str, prediction: str, value) -> float:
+    """``value`` as a float if it is a score (finite, in [`LOWEST`, `HIGHEST`]), else
+    `InvalidScore` naming the dataset, the protocol, the prediction and the value."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number) or not LOWEST <= number <= HIGHEST:
+        raise InvalidScore(f"dataset {dataset}: its {protocol} scorer returned {value!r} for the prediction "
+                           f"{prediction!r}; a score must be a finite number in [{LOWEST:g}, {HIGHEST:g}] "
+                           "(fix the scorer: accuracy is the mean of every score, none may be left out)")
+    return number
 
 
 def describe(dataset: str, protocol: str = DEFAULT_PROTOCOL) -> str:
@@ -95,8 +118,8 @@ def describe(dataset: str, protocol: str = DEFAULT_PROTOCOL) -> str:
 
 
 def register(dataset: str, scorer: Scorer | Mapping[str, Scorer] | str, *, replace: bool = False) -> None:
-    """Score ``dataset`` with ``scorer``: a function ``(prediction, answers) -> float`` used
-    under every protocol, a mapping ``{protocol: function}`` covering `PROTOCOLS`, or the
+    """Score ``dataset`` with ``scorer``: a function ``(prediction, answers) -> float`` in
+    [0, 1] (checked on every call, see `score`) used under every protocol, a mapping ``{protocol: function}`` covering `PROTOCOLS`, or the
     name of a dataset whose scorers to share (``"vqav2"`` for ten-answer VQA, ``"gqa"`` for
     one answer, ``"docvqa"`` for ANLS)."""
     if isinstance(scorer, str):

@@ -11,12 +11,12 @@ from typing import Callable
 
 import torch
 
-from .. import generation, metrics, parallel
+from .. import codebase, generation, metrics, parallel
 from .. import store as st
 from ..results import Record, Results
 from .checks import as_list, check_args
 from .names import function_name, slug
-from .records import OUTPUT, build_records, score_prediction
+from .records import OUTPUT, build_records
 
 
 def drive(jobs: dict, compute: Callable, bar) -> None:
@@ -35,7 +35,7 @@ def drive(jobs: dict, compute: Callable, bar) -> None:
     if any(job.store is None for job in jobs.values()):
         share = parallel.Share()  # nothing to share through: every process does it all
 
-    def finish(index, chunk, fingerprints, wait: bool) -> bool:
+    def complete(index, chunk, fingerprints, wait: bool) -> bool:
         todo = [name for name, job in jobs.items() if not job.take_stored(index, chunk, fingerprints[name], bar)]
         if not todo:
             return True
@@ -60,24 +60,25 @@ def drive(jobs: dict, compute: Callable, bar) -> None:
         if not share.owns(index):
             if not stored(index, chunk, fingerprints):
                 theirs.append((index, chunk, fingerprints))
-        elif not finish(index, chunk, fingerprints, wait=False):
+        elif not complete(index, chunk, fingerprints, wait=False):
             later.append((index, chunk, fingerprints))
     for index, chunk, fingerprints in later:
-        finish(index, chunk, fingerprints, wait=True)
-    if share.count == 1:
-        return
-    names = ", ".join(job.meta["slug"] for job in jobs.values())
-    if not share.group:
-        if theirs:
-            raise parallel.ShardDone(f"{share} finished its chunks of {names}; {len(theirs)} chunk(s) of other "
-                                     "shards are not there yet")
-        return
-    parallel.barrier()
-    for index, chunk, fingerprints in theirs:
-        if not stored(index, chunk, fingerprints):
-            raise RuntimeError(f"chunk {index} of {names} is missing after every rank finished: rank "
-                               f"{parallel.rank_of(index, share)} stopped before writing it; rerun the same "
-                               "command to finish it (finished chunks are reused)")
+        complete(index, chunk, fingerprints, wait=True)
+    if share.count > 1:
+        names = ", ".join(job.meta["slug"] for job in jobs.values())
+        if not share.group:
+            if theirs:
+                raise parallel.ShardDone(f"{share} finished its chunks of {names}; {len(theirs)} chunk(s) of other "
+                                         "shards are not there yet")
+        else:
+            parallel.barrier()
+            for index, chunk, fingerprints in theirs:
+                if not stored(index, chunk, fingerprints):
+                    raise RuntimeError(f"chunk {index} of {names} is missing after every rank finished: rank "
+                                       f"{parallel.rank_of(index, share)} stopped before writing it; rerun the same "
+                                       "command to finish it (finished chunks are reused)")
+    for job in jobs.values():
+        job.finish()
 
 
 class Job:
@@ -85,7 +86,7 @@ class Job:
 
     def __init__(self, model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
                  chunk_size, extras, remote, timing=None, decoder=None, shared_image_rows=False,
-                 protocol=metrics.DEFAULT_PROTOCOL, model_fingerprint=None):
+                 protocol=metrics.DEFAULT_PROTOCOL, model_fingerprint=None, reuse_other_code=False):
         interventions = as_list(intervention)
         check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_size, protocol)
         if chunk_size is None:
@@ -96,8 +97,12 @@ class Job:
         self.keep = keep = extras if isinstance(extras, bool) else \
             sorted({extras} if isinstance(extras, str) else set(extras))
         self.store = store = st.ChunkStore(out) if out is not None else None
+        if not isinstance(reuse_other_code, bool):
+            raise ValueError(f"reuse_other_code must be True or False, got {reuse_other_code!r}")
+        self.reuse_other_code = reuse_other_code
         self.base = base = {
             "format": st.FORMAT,
+            "code": codebase.identity(),  # chunks of other code: recomputed unless reuse_other_code
             "model": model_fingerprint or st.model_fingerprint(model),
             "intervention": st.canonical(interventions) if interventions else None,
             "generation": {"max_new_tokens": dict(sorted(self.caps.items())), "do_sample": False,
@@ -121,6 +126,7 @@ class Job:
             "timing": timing or ("per-sample" if batch_size == 1 else "amortised"),
             "device": str(model.device), "versions": versions(), "remote": str(remote),
             "image_rows": "shared" if shared_image_rows else "per sample",
+            "code": base["code"], "reuse_other_code": "yes" if reuse_other_code else "no",
         }
         self._chunks = []
         for lo in range(0, len(samples), chunk_size):
@@ -134,6 +140,7 @@ class Job:
                 store.write_manifest(meta, base, [s.id for s in samples], [f for _, f in self._chunks])
         self.parts: dict[int, list[Record]] = {}
         self.computed, self.reused, self.rejected = [], [], {}
+        self.other_code: dict[int, st.Stored] = {}  # chunk index -> the chunk of other code taken
 
     def chunks(self):
         """``(index, samples, fingerprint)`` of each chunk."""
@@ -141,19 +148,22 @@ class Job:
             yield index, chunk, fingerprint
 
     def take_stored(self, index, chunk, fingerprint, bar=None) -> bool:
-        """Take chunk ``index`` from the store if it is there and sound; its scores are
-        recomputed from the stored predictions (under every protocol)."""
+        """Take chunk ``index`` from the store if it is there and sound (made by this code,
+        or by other code when the run accepts that); its scores are made again from the
+        stored predictions (`mech.Record.rescore`, under every protocol)."""
         if index in self.parts:
             return True
-        stored, problem = read_chunk(self.store, fingerprint)
-        if problem and index not in self.rejected:
-            warnings.warn(problem, st.ChunkWarning, stacklevel=4)
-            self.rejected[index] = problem
+        stored, found = read_chunk(self.store, fingerprint, self.reuse_other_code)
+        if found.problem and index not in self.rejected:
+            warnings.warn(found.problem, st.ChunkWarning, stacklevel=4)
+            self.rejected[index] = found.problem
         if stored is None:
             return False
         for record, sample in zip(stored, chunk):
-            record.scores, record.score = score_prediction(sample, record.prediction, self.protocol)
-            record.question_type = sample.question_type
+            record.answers, record.question_type = list(sample.answers), sample.question_type
+            record.rescore(self.protocol)
+        if found.path != self.store.path(fingerprint):
+            self.other_code[index] = found
         self.parts[index] = stored
         self.reused.append(index)
         if bar is not None:
@@ -176,21 +186,35 @@ class Job:
         self.parts[index] = new
         self.computed.append(index)
 
+    def finish(self) -> None:
+        """Once every chunk is there: if chunks of other code stand in for some, the manifest
+        lists those files (and their code), so `mech.Results.load` reads what the run used."""
+        if self.other_code and self.store is not None and parallel.current().main \
+                and len(self.parts) == len(self._chunks):
+            self.store.write_manifest(self.meta, self.base, [s.id for s in self.samples],
+                                      [f for _, f in self._chunks], self.other_code)
+
     @property
     def result(self) -> Results:
         records = [r for index in sorted(self.parts) for r in self.parts[index]]
-        return Results(records, self.meta, sorted(self.computed), sorted(self.reused), dict(self.rejected))
+        meta = dict(self.meta)
+        if self.other_code:
+            meta["chunks_of_other_code"] = {i: {"file": str(found.path), "code": found.code}
+                                            for i, found in sorted(self.other_code.items())}
+        return Results(records, meta, sorted(self.computed), sorted(self.reused), dict(self.rejected))
 
 
-def read_chunk(store, fingerprint) -> tuple[list[Record] | None, str | None]:
-    """A chunk's records if stored and sound; else None and why, if it exists."""
+def read_chunk(store, fingerprint, other_code=False) -> tuple[list[Record] | None, st.Stored]:
+    """A chunk's records if stored and sound, and what the store found (why not, if it exists)."""
     if store is None:
-        return None, None
-    stored, problem = store.load(fingerprint)
+        return None, st.Stored(None, None)
+    found = store.load(fingerprint, other_code)
+    if found.records is None:
+        return None, found
     try:
-        return (None if stored is None else [Record(**r) for r in stored]), problem
+        return [Record(**r) for r in found.records], found
     except TypeError as error:
-        return None, f"{store.path(fingerprint)}: corrupt chunk ({error}); recomputing"
+        return None, st.Stored(None, f"{found.path}: corrupt chunk ({error}); recomputing", found.path)
 
 
 def versions() -> dict:

@@ -1,11 +1,10 @@
 """From new token ids to records: each row cut at its cap and EOS, decoded, scored under
-every protocol; and the interventions' per-sample results split into each record's extras."""
+every protocol (`mech.Record.rescore`, checked before anything is written); and the interventions' per-sample results split into each record's extras."""
 
 from __future__ import annotations
 
 import torch
 
-from .. import metrics
 from ..decoding import count_new_tokens, eos_ids
 from ..results import Record
 
@@ -22,14 +21,6 @@ PER_IMAGE = {"ContrastiveMask": {"scores", "weights"}, "CaptureImageAttention": 
 RUN_CONSTANTS = {"ContrastiveMask": {"candidates"}}
 
 
-def score_prediction(sample, prediction: str, protocol: str) -> tuple[dict[str, float], float | None]:
-    """``({protocol: score}, score under protocol)``; empty and None without answers."""
-    if not len(sample.answers):
-        return {}, None
-    scores = {p: metrics.score(sample.dataset, prediction, sample.answers, protocol=p) for p in metrics.PROTOCOLS}
-    return scores, scores[protocol]
-
-
 def build_records(model, samples, new, seconds, per_sample, caps, protocol, timing=None) -> list[Record]:
     """One `Record` per sample from the new token ids ``[batch, new]``, each row cut at its
     dataset's cap (``caps``); ``seconds`` is the batch's time."""
@@ -41,11 +32,11 @@ def build_records(model, samples, new, seconds, per_sample, caps, protocol, timi
     for i, sample in enumerate(samples):
         count = min(counts[i], caps[sample.dataset])
         text = tokenizer.decode(new[i, :count], skip_special_tokens=True).strip()
-        scores, score = score_prediction(sample, text, protocol)
-        records.append(Record(id=sample.id, dataset=sample.dataset, prediction=text, score=score,
+        records.append(Record(id=sample.id, dataset=sample.dataset, prediction=text, score=None,
                               seconds=seconds / n, new_tokens=count,
                               timing=timing or ("per-sample" if n == 1 else "amortised"), batch_size=n,
-                              extras=per_sample[i], scores=scores, question_type=sample.question_type))
+                              extras=per_sample[i], question_type=sample.question_type,
+                              answers=list(sample.answers)).rescore(protocol))
     return records
 
 

@@ -20,7 +20,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
         question_prompt: Callable = prompts_mod.question_prompt, chunk_size: int | None = None,
         extras: bool | Iterable[str] = True, progress: bool = True,
         remote: bool | str = False, decoder: Decoder | None = None,
-        model_fingerprint: dict | None = None) -> Results:
+        model_fingerprint: dict | None = None, reuse_other_code: bool = False) -> Results:
     """Greedy-generate answers for ``samples`` under ``intervention`` and score them.
 
     Args:
@@ -54,13 +54,19 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             around its ``generate`` call.
         model_fingerprint: `mech.store.model_fingerprint` of ``model`` when already
             computed (`sweep` hashes the weights once for all its runs).
+        reuse_other_code: chunk fingerprints hold the code that made them
+            (`mech.codebase`); a finished chunk of this configuration made by other code
+            (another mech version or checkout, other torch/transformers/nnsight) is
+            recomputed with a `mech.ChunkWarning` naming it (False, the default) or reused
+            (True), and then listed in ``meta["chunks_of_other_code"]`` and the manifest.
     """
     from tqdm.auto import tqdm
 
     samples = list(samples)
     check_decoder(model, decoder, as_list(intervention), remote)
     job = Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
-               chunk_size, extras, remote, decoder=decoder, protocol=protocol, model_fingerprint=model_fingerprint)
+               chunk_size, extras, remote, decoder=decoder, protocol=protocol, model_fingerprint=model_fingerprint,
+               reuse_other_code=reuse_other_code)
     bar = tqdm(total=len(samples), disable=not progress or not parallel.current().writes_output, unit="sample",
                desc=job.meta["slug"])
 

@@ -70,10 +70,10 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
                        else folder.with_name(name + "+shared-rows") for name, folder in folders.items()}
         return zero_mask_sweep_runs(model, samples, named, folders, shared=fast == "shared", **kwargs)
     fingerprint = st.model_fingerprint(model)  # hashes every weight: once for all runs
-    return {name: run(model, samples, None if isinstance(iv, Decoder) else iv,
-                      decoder=iv if isinstance(iv, Decoder) else None, out=folders[name],
-                      model_fingerprint=fingerprint, **kwargs)
-            for name, iv in named.items()}
+    # a shard goes on with the next run where one lacks other shards' chunks
+    return parallel.each(named, lambda name, iv: run(
+        model, samples, None if isinstance(iv, Decoder) else iv, decoder=iv if isinstance(iv, Decoder) else None,
+        out=folders[name], model_fingerprint=fingerprint, **kwargs))
 
 
 def zero_layer(intervention):
@@ -93,7 +93,7 @@ def zero_mask_sweep_runs(model, samples, named, folders, *, shared: bool = False
                      max_new_tokens: int | None = None, protocol: str = metrics.DEFAULT_PROTOCOL,
                      question_prompt: Callable = prompts_mod.question_prompt,
                      chunk_size: int | None = None, extras=True, progress: bool = True,
-                     remote=False) -> dict[str, Results]:
+                     remote=False, reuse_other_code: bool = False) -> dict[str, Results]:
     """`sweep` of ZeroImage runs (and the baseline) sharing one clean prefill per batch.
 
     Each run keeps its own folder, fingerprints and chunk files exactly as `run` writes
@@ -106,7 +106,7 @@ def zero_mask_sweep_runs(model, samples, named, folders, *, shared: bool = False
     jobs = {name: Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
                        chunk_size, extras, remote, timing="sweep",
                        shared_image_rows=shared and layer_of[name] is not None, protocol=protocol,
-                       model_fingerprint=fingerprint)
+                       model_fingerprint=fingerprint, reuse_other_code=reuse_other_code)
             for name, iv in named.items()}
     first = next(iter(jobs.values()))
     templates = None
