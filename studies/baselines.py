@@ -163,10 +163,7 @@ def main(argv=None) -> xr.Dataset:
            if "vicrop" in named else {"vicrop": f"not run: ViCrop applies to LLaVA-1.5 only, not {model.family.name}"}),
         contrastive=repr(named["contrastive"]), **chosen.attrs()))
     print(format_table(t))
-    if mech.parallel.current().writes:
-        path = output.write_dataset(ds, args.out, "baselines")
-        figures = output.write_figure(plots.baselines(ds), args.out, "baselines")
-        print(f"wrote {path} and {', '.join(map(str, figures))}")
+    output.publish(ds, args, "baselines", plots.baselines)
     return ds
 
 

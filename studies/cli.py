@@ -69,6 +69,10 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                         "are needed: for SLURM arrays or machines sharing a filesystem; afterwards the command "
                         "without --shard reuses everything and writes the datasets (under torchrun the ranks "
                         "share the work by themselves)")
+    p.add_argument("--reuse-other-code", action="store_true",
+                   help="reuse finished chunks made by other code (another mech version or checkout, other "
+                        "torch/transformers/nnsight) instead of recomputing them; the dataset lists them in "
+                        "its attrs (chunks_of_other_code)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -85,15 +89,20 @@ def parse(parser: argparse.ArgumentParser, argv=None):
 
     Under torchrun (``WORLD_SIZE`` > 1) this joins the process group; with ``--shard I/N``
     this process becomes one shard (`mech.parallel`). Only rank 0 prints."""
-    from mech import parallel
+    from mech import parallel, store
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    store.ACCEPTED.clear()  # this command's provenance lists the chunks of other code it reuses
     args.argv = argv
     args.study = parser.prog.rsplit(".", 1)[-1]
     CURRENT.update(study=args.study, args=args)
+    try:
+        launched = parallel.launch()  # the launcher's variables, checked before anything waits on them
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if args.shard is not None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if launched is not None:
             raise UsageError(f"--shard {args.shard}: torchrun already shares the work among its ranks; drop --shard")
         try:
             parallel.set_shard(parallel.parse_shard(args.shard))
@@ -101,7 +110,10 @@ def parse(parser: argparse.ArgumentParser, argv=None):
             raise UsageError(f"--shard {args.shard}: {str(error).split(': ', 1)[1]}") from None
     else:
         parallel.set_shard(None)
-    share = parallel.init()
+    try:
+        share = parallel.init()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if share.group and not share.main:
         sys.stdout = open(os.devnull, "w")  # rank 0 speaks for the group
     return args
@@ -125,7 +137,10 @@ def cli(main) -> None:
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except mech.WriteError as error:
+    except mech.metrics.InvalidScore as error:  # a scorer's fault, before anything of it was written
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except (mech.WriteError, mech.parallel.RendezvousError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         sys.exit(1)
     except mech.parallel.ShardDone as error:
@@ -143,11 +158,17 @@ def cli(main) -> None:
         sys.exit(130)
 
 
-def positive(args, option: str, value, *, allow_none: bool = False) -> None:
+# Integer options are stored in the dataset's attrs: netCDF holds 64-bit integers.
+LARGEST = 2 ** 63 - 1
+
+
+def positive(args, option: str, value, *, allow_none: bool = False, low: int = 1, meaning: str = "") -> None:
+    """An integer option in ``low..LARGEST``, or a UsageError naming it."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{option} {value}: must be an integer >= 1")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= LARGEST:
+        hint = f" ({meaning})" if meaning else ""
+        raise UsageError(f"{option} {value}: must be an integer in {low}..{LARGEST}{hint}")
 
 
 def number_option(option: str, text, **bounds) -> float:

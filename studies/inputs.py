@@ -13,18 +13,66 @@ def check_args(args) -> None:
     """Every option that needs no model, each failing with one line naming it."""
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: give at least 1 sample per dataset")
+    positive(args, "--limit", args.limit, allow_none=True)
     positive(args, "--batch-size", args.batch_size)
     positive(args, "--max-new-tokens", args.max_new_tokens, allow_none=True)
     positive(args, "--chunk-size", args.chunk_size, allow_none=True)
+    positive(args, "--seed", args.seed, low=0, meaning="the subsample and bootstrap seed")
     if args.chunk_size is not None and args.chunk_size % args.batch_size:
         raise UsageError(f"--chunk-size {args.chunk_size}: must be a multiple of --batch-size {args.batch_size} "
                          "(batches never straddle chunks)")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} is a file; give a folder")
+    check_out(args.out)
+    if args.revision is not None:
+        from mech.model import local_kind
+
+        if local_kind(args.model):
+            raise UsageError(f"--revision {args.revision}: applies to a hub id only, and --model {args.model} is "
+                             f"{local_kind(args.model)}; drop --revision, or give the hub id it pins")
     names = dataset_names(args)
     sources(args, names)
     for check in getattr(args, "checks", None) or []:
         check(args)
+
+
+def check_out(out: Path) -> None:
+    """``--out`` names a folder this system can make: each part within the filesystem's
+    name length, the whole within its path length (with room for the files inside)."""
+    import os
+
+    def exists(path: Path) -> bool:
+        try:
+            return path.exists()
+        except OSError:  # e.g. a name too long to look up
+            return False
+
+    existing = next((p for p in [out.absolute(), *out.absolute().parents] if exists(p)), Path("/"))
+    try:
+        name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in out.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise UsageError(f"--out {str(out)[:60]}...: the name {part[:40]}... is {len(os.fsencode(part))} bytes, "
+                             f"over this filesystem's {name_max}; give a shorter folder name")
+    room = 200  # chunks/<dataset>/<run>/.chunk-<id>.json.<host>-<pid>.<random>.tmp inside it
+    if len(os.fsencode(str(out.absolute()))) + room > path_max:
+        raise UsageError(f"--out {str(out)[:60]}...: the path is too long for this filesystem ({path_max} bytes "
+                         "with the files inside); give a shorter one")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+
+
+def check_model_source(args) -> None:
+    """The model ``--model`` names exists and is supported, and its weight files are whole,
+    before the samples load (cheap: config and file headers, no weights)."""
+    from mech.model import RANDOM, TINY_PATH, resolve_source
+
+    if args.model.startswith(RANDOM):
+        return
+    try:
+        resolve_source(str(TINY_PATH) if args.model == "tiny" else args.model, args.revision)
+    except (ValueError, OSError, ImportError) as error:
+        raise UsageError(f"--model {args.model}: {error}") from None
 
 
 def check_model_args(args, model) -> None:
@@ -98,6 +146,7 @@ def load_samples(args) -> dict[str, list]:
         options = {"source": given[name]} if name in given else {}
         try:
             out[name] = list(mech.datasets.load(name, limit=args.limit, seed=args.seed, **options))
+            mech.datasets.check_samples(out[name], "its loader")  # ids, images, answers: before any model work
         except (ValueError, TypeError, OSError, ImportError) as error:
             raise UsageError(f"--datasets {name}: {error}") from None
         if not out[name]:
@@ -106,18 +155,22 @@ def load_samples(args) -> dict[str, list]:
 
 
 def start(args):
-    """Check every option, load the model, check the options that need it, load the
-    samples: all before the first generation. ``(model, samples)``."""
+    """Check every option, the model's files and the samples (loaded and checked), then
+    load the model and check the options that need it: all before the first generation.
+    ``(model, samples)``."""
     check_args(args)
+    check_model_source(args)
+    samples = load_samples(args)
     model = load_model(args)
     check_model_args(args, model)
-    return model, load_samples(args)
+    return model, samples
 
 
 def run_options(args) -> dict[str, Any]:
     """Keyword options every study passes to `mech.run` / `mech.sweep`."""
     options = dict(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, protocol=args.protocol,
-                   chunk_size=args.chunk_size, progress=not args.no_progress)
+                   chunk_size=args.chunk_size, progress=not args.no_progress,
+                   reuse_other_code=getattr(args, "reuse_other_code", False))
     if args.remote:
         options["remote"] = True if args.remote == "ndif" else "local"
     return options

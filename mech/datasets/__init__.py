@@ -8,9 +8,9 @@ copies on the Hugging Face Hub), ``shapes`` (generated) and ``easyvqa``, all on
 
 from .base import Benchmark
 from .benchmarks import DATASETS, HF_ORGS, BenchmarkInfo, load, register
-from .sample import Sample
+from .sample import Sample, check_samples
 from .shapes import VOCABULARY as SHAPES_VOCABULARY
 from .shapes import shapes
 
-__all__ = ["Sample", "load", "register", "DATASETS", "shapes", "SHAPES_VOCABULARY", "Benchmark", "BenchmarkInfo",
+__all__ = ["Sample", "check_samples", "load", "register", "DATASETS", "shapes", "SHAPES_VOCABULARY", "Benchmark", "BenchmarkInfo",
            "HF_ORGS"]

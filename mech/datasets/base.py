@@ -29,13 +29,20 @@ class Entry:
     extras: dict = field(default_factory=dict)
 
 
-def _open_image(img: Path | Callable[[], Any]) -> Image.Image:
-    if callable(img):
-        return img().convert("RGB")
-    if not img.is_file():
-        raise FileNotFoundError(f"image file not found: {img}")
-    with Image.open(img) as im:
-        return im.convert("RGB")
+def _open_image(img: Path | Callable[[], Any], sample: str) -> Image.Image:
+    """The sample's image as RGB; a missing, truncated or unreadable file is an OSError
+    naming the file and the sample."""
+    if not callable(img) and not img.is_file():
+        raise FileNotFoundError(f"image file not found: {img} (sample {sample})")
+    try:
+        if callable(img):
+            return img().convert("RGB")
+        with Image.open(img) as im:
+            return im.convert("RGB")  # decodes it all: a truncated file fails here, not in the model
+    except (OSError, SyntaxError, ValueError) as error:
+        where = "its image" if callable(img) else f"image {img}"
+        raise OSError(f"sample {sample}: {where} cannot be read ({type(error).__name__}: {error}); the file "
+                      "is damaged or incomplete: download or copy it again") from None
 
 
 def _question_type(extras: dict) -> str | None:
@@ -63,7 +70,7 @@ class Benchmark(Sequence[Sample]):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         r = self._records[i]
-        return Sample(r.id, self.name, _open_image(r.image), r.question, r.answers, r.extras, _question_type(r.extras))
+        return Sample(r.id, self.name, _open_image(r.image, r.id), r.question, r.answers, r.extras, _question_type(r.extras))
 
     def __iter__(self) -> Iterator[Sample]:
         return (self[i] for i in range(len(self)))

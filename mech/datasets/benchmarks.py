@@ -22,7 +22,7 @@ from .base import Benchmark, pick
 from .easyvqa import easyvqa
 from .hub_copies import hf_entries, hf_image_getter, open_hub_checked
 from .official import OFFICIAL
-from .sample import Sample
+from .sample import Sample, check_samples
 from .shapes import shapes
 
 __all__ = ["load", "register", "DATASETS", "Benchmark", "BenchmarkInfo", "HF_ORGS"]
@@ -184,6 +184,7 @@ def _registered(loader):
             if sample.dataset != name:
                 raise ValueError(f"{name}: sample {sample.id} says dataset={sample.dataset!r}; the loader "
                                  f"registered as {name!r} must set dataset={name!r}")
+        check_samples(samples, f"{name} (its registered loader)")  # here, before any model is loaded
         return samples
     return load_checked
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import metrics
+from ..datasets.sample import check_samples
 from ..decoding import Decoder
 from ..interventions import Intervention
 
@@ -39,13 +40,8 @@ def check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_
         raise ValueError(f"chunk_size={chunk_size} must be a multiple of batch_size={batch_size}")
     if not samples:
         raise ValueError("no samples to run: the sample list is empty")
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ValueError(f"sample ids must be unique (records and chunks are keyed by id); "
-                         f"repeated: {dupes}")
+    check_samples(samples)
     for sample in samples:
-        check_sample(sample)
         if sample.dataset not in metrics.SCORERS:
             raise ValueError(f"sample {sample.id}: no scorer for dataset {sample.dataset!r}; known: "
                              f"{', '.join(sorted(metrics.SCORERS))} (add one with mech.datasets.register)")
@@ -59,21 +55,6 @@ def check_args(model, samples, interventions, batch_size, max_new_tokens, chunk_
                 raise ValueError(f"{type(iv).__name__}.{f.name} is a tensor of shape "
                                  f"{tuple(value.shape)}, tied to one batch; the runner builds its "
                                  f"own batches, so give a scalar")
-
-
-def check_sample(sample) -> None:
-    """A clear error for a sample the model or a scorer could not take."""
-    from PIL import Image
-
-    name = getattr(sample, "id", repr(sample))
-    for field, kind in (("id", str), ("dataset", str), ("question", str)):
-        if not isinstance(getattr(sample, field, None), kind):
-            raise TypeError(f"sample {name}: {field} must be a {kind.__name__}, got {getattr(sample, field, None)!r}")
-    if not isinstance(getattr(sample, "image", None), Image.Image):
-        raise TypeError(f"sample {name}: image must be a PIL image, got {type(getattr(sample, 'image', None)).__name__}")
-    answers = getattr(sample, "answers", None)
-    if isinstance(answers, str) or not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers):
-        raise TypeError(f"sample {name}: answers must be a tuple of strings, got {answers!r}")
 
 
 def check_decoder(model, decoder, interventions, remote) -> None:
