@@ -53,6 +53,19 @@ def registered(name, samples=None, metric="vqav2"):
 
 
 @pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A saved 2-layer random LLaVA that knows the shapes words: a study is 3 runs."""
+    from mech.datasets.shapes import VOCABULARY
+    from mech.zoo.random_llava import random_llava
+
+    folder = tmp_path_factory.mktemp("small-llava")
+    module, processor = random_llava(layers=2, image_size=64, patch_size=16, words=VOCABULARY)
+    module.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def other_checkout(tmp_path_factory):
     """A copy of mech whose generation code differs: every prediction upper-cased."""
     root = tmp_path_factory.mktemp("checkout")
@@ -78,11 +91,11 @@ def test_a_scorer_returning_a_non_score_is_an_error_naming_dataset_sample_value(
     assert not chunk_files(tmp_path)  # nothing written
 
 
-def test_a_study_never_averages_over_skipped_scores(checkpoint, tmp_path):
+def test_a_study_never_averages_over_skipped_scores(small, tmp_path):
     """The probe: NaN for some samples made accuracy a mean over the others, published."""
     name = registered("r2-nanstudy", metric=lambda prediction, answers: math.nan)
     with pytest.raises(ValueError, match=f"dataset {name}, sample {name}-000: .*returned nan"):
-        layer_masking.main(study(checkpoint, tmp_path, "--datasets", name))
+        layer_masking.main(study(small, tmp_path, "--datasets", name))
     assert not list(tmp_path.rglob("*.nc")) and not chunk_files(tmp_path)
 
 
@@ -90,42 +103,28 @@ def test_a_study_never_averages_over_skipped_scores(checkpoint, tmp_path):
 
 def test_other_code_is_recomputed_alone_and_refused_among_ranks(llava, tmp_path, other_checkout):
     """The probe: generation code changed (predictions upper-cased), run into the same out,
-    alone and as one of two ranks."""
+    alone and as one of two ranks (`rank_child`: rank 1 runs the other checkout's code)."""
     import torch.multiprocessing as mp
 
     from rank_child import run_rank
 
-    first = mech.run(llava, tiny_samples(4), out=tmp_path / "alone", **RUN)
+    alone, ranks = tmp_path / "alone", tmp_path / "ranks"
+    first = mech.run(llava, tiny_samples(4), out=alone, **RUN)
     assert any(p != p.upper() for p in first.predictions)
-    before = chunk_files(tmp_path)
-    ranks_out = tmp_path / "ranks"
+    before = chunk_files(alone)
     results = mp.get_context("spawn").SimpleQueue()
-    ranks = mp.start_processes(run_rank, args=(free_port(), str(ranks_out), str(other_checkout), results),
-                               nprocs=2, start_method="spawn", join=False)
-    script = ("import json, sys, warnings, mech\nfrom tiny_models import tiny_llava, tiny_samples\n"
-              "module, processor = tiny_llava('llava-1.5')\nmodel = mech.load(module, processor=processor)\n"
-              "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
-              "    r = mech.run(model, tiny_samples(4), out=sys.argv[1], batch_size=2, chunk_size=2, "
-              "max_new_tokens=2, progress=False)\n"
-              "print(json.dumps({'predictions': r.predictions, 'computed': r.computed, 'mech': mech.__file__, "
-              "'warnings': [str(w.message) for w in caught]}))\n")
-    env = dict(ENV, PYTHONPATH=os.pathsep.join([str(other_checkout), str(TESTS)]))
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "alone")], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=other_checkout)
-    while not ranks.join(timeout=300):
-        pass
-    assert done.returncode == 0, done.stderr[-3000:]
-    child = json.loads(done.stdout.strip().splitlines()[-1])
-    assert child["mech"].startswith(str(other_checkout))
-    assert child["predictions"] == [p.upper() for p in first.predictions]   # its own code's answers
-    assert child["computed"] == [0, 1]
-    assert any("made by other code" in w and "source_sha256" in w for w in child["warnings"])
-    assert all(p.stat().st_mtime_ns == t for p, t in before.items())       # the first code's chunks kept
-    found = sorted(results.get() for _ in range(2))
-    assert found[1][2].startswith(str(other_checkout)) and not found[0][2].startswith(str(other_checkout))
+    mp.start_processes(run_rank, args=(free_port(), str(alone), str(ranks), str(other_checkout), results),
+                       nprocs=2, start_method="spawn")
+    found = sorted((results.get() for _ in range(3)), key=str)
+    (_, predictions, computed, warned, where), *by_rank = found
+    assert where.startswith(str(other_checkout))
+    assert predictions == [p.upper() for p in first.predictions]   # its own code's answers, not the stored ones
+    assert computed == [0, 1] and any("made by other code" in w and "source_sha256" in w for w in warned)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # the first code's chunks kept
+    assert [(r, f.startswith(str(other_checkout))) for _, r, _, f in by_rank] == [(0, False), (1, True)]
     assert all("rank 1 runs another configuration of run baseline than rank 0 (other code" in message
-               for _, message, _ in found), found
-    assert not chunk_files(ranks_out)
+               for _, _, message, _ in by_rank), by_rank
+    assert not chunk_files(ranks)
 
 
 def test_other_code_is_reused_only_when_asked_and_then_recorded(llava, tmp_path, monkeypatch):
@@ -153,7 +152,6 @@ def test_the_source_digest_follows_code_not_comments(tmp_path):
     root = tmp_path / "mech"
     shutil.copytree(ROOT / "mech", root, ignore=shutil.ignore_patterns("__pycache__"))
     digest = codebase.source_digest(root)
-    assert digest == codebase.source_digest(ROOT / "mech")
     job = root / "runner" / "job.py"
     text = job.read_text()
     job.write_text(text.replace('"""A run over chunks', '"""A run, reworded, over chunks', 1)
@@ -201,11 +199,11 @@ def test_results_load_scores_from_predictions_as_the_runner_does(llava, tmp_path
 
 # -- 4. a second configuration never overwrites the first's dataset -----------------------------
 
-def test_another_configuration_writes_its_own_dataset(checkpoint, tmp_path):
-    layer_masking.main(study(checkpoint, tmp_path))
+def test_another_configuration_writes_its_own_dataset(small, tmp_path):
+    layer_masking.main(study(small, tmp_path))
     (first,) = (tmp_path / "layer_masking").glob("*.nc")
     kept = first.read_bytes()
-    layer_masking.main(study(checkpoint, tmp_path, "--batch-size", "1"))   # the probe: --batch-size into the same out
+    layer_masking.main(study(small, tmp_path, "--batch-size", "1"))   # the probe: --batch-size into the same out
     files = sorted((tmp_path / "layer_masking").glob("*.nc"))
     assert len(files) == 2 and first.read_bytes() == kept                  # the first untouched
     with xr.open_dataset(tmp_path / "layer_masking.nc") as latest:         # the stable name: the latest
@@ -247,8 +245,8 @@ def test_any_spelling_of_a_model_reuses_its_chunks(tmp_path, monkeypatch):
     assert computed == [[0]] + [[]] * (len(spellings) - 1)
 
 
-def test_shards_over_several_datasets_leave_nothing_for_the_plain_command(checkpoint, tmp_path):
-    args = study(checkpoint, tmp_path, "--datasets", "shapes,shapes-dots", "--limit", "4")
+def test_shards_over_several_datasets_leave_nothing_for_the_plain_command(small, tmp_path):
+    args = study(small, tmp_path, "--datasets", "shapes,shapes-dots", "--limit", "4")
     with pytest.raises(mech.parallel.ShardDone, match="shapes.*shapes-dots|shard 0/2"):
         layer_masking.main([*args, "--shard", "0/2"])
     try:
@@ -256,7 +254,7 @@ def test_shards_over_several_datasets_leave_nothing_for_the_plain_command(checkp
     except mech.parallel.ShardDone:
         pass
     before = chunk_files(tmp_path)
-    assert len(before) == 2 * 7 * 2  # datasets x runs (baseline + 6 layers) x chunks
+    assert len(before) == 2 * 3 * 2  # datasets x runs (baseline + 2 layers) x chunks
     layer_masking.main(args)
     assert chunk_files(tmp_path) == before  # the plain command computed nothing
 
@@ -358,9 +356,9 @@ def test_signals_end_a_rank_waiting_for_its_peers(tmp_path):
 
 # -- 7. every bad input: one line, naming it, before model work ----------------------------------
 
-def test_truncated_weights_are_named(checkpoint, tmp_path):
+def test_truncated_weights_are_named(small, tmp_path):
     broken = tmp_path / "model"
-    shutil.copytree(checkpoint, broken)
+    shutil.copytree(small, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4096])
     with pytest.raises(ValueError, match=f"{weights}: incomplete or damaged weights.*download or copy it again"):
@@ -476,11 +474,11 @@ def test_lock_files_are_removed_when_their_chunk_is_done(llava, tmp_path):
     assert not list(tmp_path.rglob("*.lock"))
 
 
-def test_sample_ids_keep_every_character_through_the_dataset(checkpoint, tmp_path):
+def test_sample_ids_keep_every_character_through_the_dataset(small, tmp_path):
     ids = ["ünï/cöde", "tab\there", "new\nline", " lead and trail ", "😀", "x" * 300]
     images = tiny_samples(len(ids))
     registered("r2-ids", [Sample(i, "r2-ids", s.image, s.question, s.answers) for i, s in zip(ids, images)])
-    layer_masking.main(study(checkpoint, tmp_path, "--datasets", "r2-ids", "--limit", str(len(ids)),
+    layer_masking.main(study(small, tmp_path, "--datasets", "r2-ids", "--limit", str(len(ids)),
                              "--chunk-size", "6"))
     with xr.open_dataset(tmp_path / "layer_masking.nc") as ds:
         assert list(ds["sample_id"].values) == ids
