@@ -194,6 +194,8 @@ def init(timeout_hours: float = 24.0, rendezvous_s: float | None = None) -> Shar
     if rendezvous_s is None:
         rendezvous_s = _whole(os.environ, "MECH_RENDEZVOUS_TIMEOUT", 1, None, "seconds") or RENDEZVOUS_S
     store = _rendezvous(env, float(rendezvous_s))
+    # every rank is there and about to join: the group's own handshake gets a minute
+    store.set_timeout(datetime.timedelta(seconds=max(float(rendezvous_s), 60.0)))
     dist.init_process_group("nccl" if cuda else "gloo", store=dist.PrefixStore("default_pg", store),
                             rank=env.rank, world_size=env.world_size,
                             timeout=datetime.timedelta(hours=timeout_hours))

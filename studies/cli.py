@@ -4,8 +4,9 @@ interruptions into one line each, and the helpers that parse list and number opt
 
 Each study is ``python -m studies.NAME`` with the same options (``--model``,
 ``--datasets``, ``--limit``, ``--batch-size``, ``--max-new-tokens``, ``--protocol``,
-``--out``, ``--remote``, ``--seed``, ``--import``); `studies.inputs` checks them and loads
-what they name, `studies.output` writes ``<out>/<name>.nc`` and its figures.
+``--out``, ``--remote``, ``--seed``, ``--import``, ``--shard``, ``--reuse-other-code``);
+`studies.inputs` checks them and loads what they name, `studies.output` writes
+``<out>/<name>/<config id>.nc`` and its figures, linked as ``<out>/<name>.nc``.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="scoring: lmms-eval 0.7.3's task scoring (default) or each benchmark's official "
                         "scorer; predictions are shared, so switching protocol regenerates nothing")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"output folder shared by all studies: {name}.nc and figures go there, "
-                        "generation chunks under chunks/, and finished chunks are reused by every "
-                        "study (default: runs)")
+                   help=f"output folder shared by all studies: {name}/<config id>.nc and figures go there "
+                        f"({name}.nc links to the latest), generation chunks under chunks/, and finished chunks "
+                        "are reused by every study (default: runs)")
     p.add_argument("--remote", nargs="?", const="ndif", default=None, choices=["ndif", "local"],
                    help="run through nnsight's remote path: bare --remote sends every trace to NDIF "
                         "(NDIF_HOST / NDIF_API_KEY from nnsight's config; the model is loaded on the "
