@@ -101,7 +101,8 @@ class Results:
         than one, ``run`` (a manifest name or its id prefix) says which. Scores are made
         again from each record's prediction and answers (`Record.rescore`), under
         ``protocol`` (default: the protocol of that run), exactly as the runner does when
-        it reuses a chunk: the same chunk gives the same scores everywhere. Raises
+        it reuses a chunk: the same chunk gives the same scores everywhere (a dataset of
+        your own needs its scorer registered first, `mech.datasets.register`). Raises
         ValueError if a manifest is damaged, or a chunk is missing, unreadable, fails its
         checksum, is from another configuration (or other code, unless the run accepted
         it: ``meta["chunks_of_other_code"]``), or repeats a sample id.

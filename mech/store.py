@@ -27,9 +27,9 @@ configuration made by other code sits beside it (the name's second part differs)
 is recomputed with a warning that names it, or reused when the run asks for it
 (``reuse_other_code``), and then listed in `ACCEPTED` and in the run's provenance.
 
-Writes go to a unique temporary file (named by its writer's host and process, locked
-while written) that replaces the target, so a killed or failing writer leaves the old
-file or none; a failed write raises `WriteError` with the path and the reason; the
+Writes go through `mech.writes.atomic_write`: a unique temporary file (named by its
+writer's host and process) that replaces the target, so a killed or failing writer leaves
+the old file or none; a failed write raises `WriteError` with the path and the reason; the
 temporary files of dead writers are removed when the folder is next opened. A lock per
 chunk (``.locks/``, ``flock``, released if its holder dies, removed once the chunk is
 done) lets several processes share one folder's work instead of repeating it.

@@ -67,8 +67,8 @@ def check_model_source(args) -> None:
     before the samples load (cheap: config and file headers, no weights)."""
     from mech.model import RANDOM, TINY_PATH, resolve_source
 
-    if args.model.startswith(RANDOM):
-        return
+    if args.model.startswith(RANDOM) or (args.model == "tiny" and not (TINY_PATH / "config.json").exists()):
+        return  # nothing on disk to check (a missing embedded model: mech.load says how to get it)
     try:
         resolve_source(str(TINY_PATH) if args.model == "tiny" else args.model, args.revision)
     except (ValueError, OSError, ImportError) as error:
