@@ -208,6 +208,7 @@ def init(timeout_hours: float = 24.0, rendezvous_s: float | None = None) -> Shar
 def _rendezvous(env: Launch, seconds: float):
     """The group's store, once every rank has joined it; polled, so signals end the wait."""
     import datetime
+    import socket
     import time
 
     import torch.distributed as dist
@@ -220,6 +221,8 @@ def _rendezvous(env: Launch, seconds: float):
     store = None
     while store is None:
         try:
+            if not serves:  # is rank 0 (or the agent) listening yet? asked quietly, without the store's retries
+                socket.create_connection((env.master_addr, env.master_port), timeout=1).close()
             store = dist.TCPStore(env.master_addr, env.master_port, env.world_size, is_master=serves,
                                   timeout=datetime.timedelta(seconds=max(1.0, min(2.0, seconds))),
                                   wait_for_workers=False, multi_tenant=serves)

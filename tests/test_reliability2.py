@@ -310,6 +310,10 @@ def test_a_missing_peer_is_one_line_within_seconds(monkeypatch, capsys, tmp_path
     start = time.monotonic()
     with pytest.raises(mech.parallel.RendezvousError, match="rank 1 of WORLD_SIZE=2 did not join .*within 1 s"):
         mech.parallel.init(rendezvous_s=1)
+    monkeypatch.setenv("RANK", "1")  # and rank 1 with no rank 0 to meet
+    with pytest.raises(mech.parallel.RendezvousError, match="rank 1: nobody answered at .* within 1 s"):
+        mech.parallel.init(rendezvous_s=1)
+    monkeypatch.setenv("RANK", "0")
     assert time.monotonic() - start < 10
     monkeypatch.setenv("MECH_RENDEZVOUS_TIMEOUT", "1")  # the command, with its stated timeout shortened
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
