@@ -9,8 +9,9 @@ silently (`mech.store` recomputes it, or reuses it only when asked and says so):
   docstrings removed and written back out (`ast.unparse`). Any change to their code
   changes it; comments, docstrings, blank lines and formatting do not. The analysis and
   package layers above the runner (`mech.comparisons`, `mech.discovery`, `mech.plots`,
-  `mech.lmms`, the package ``__init__``, `mech.demo`, the zoo's training and model card)
-  only read finished records and do not enter it.
+  the package ``__init__``, `mech.demo`, and the zoo's training, evaluation and model card:
+  ``mech.zoo`` itself, ``batches``, ``card``, ``card_text``, ``evaluate``, ``train``) only
+  read finished records and do not enter it.
 * ``mech``: the package version; ``torch``, ``transformers``, ``nnsight``: the versions
   of the libraries that run the generation.
 
