@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "mech.zoo.random_vlm", "mech.zoo.tiny", "mech.model", "mech.remote", "mech.hooks")),
     ("primitives", ("mech.attention", "mech.contrastive", "mech.interventions", "mech.analysis",
                     "mech.grid", "mech.generate")),
-    ("decoders", ("mech.decoding", "mech.stepwise", "mech.dola", "mech.vicrop", "mech.decode_together", "mech.shared_rows",
+    ("decoders", ("mech.decoding", "mech.dola", "mech.vicrop", "mech.decode_together", "mech.shared_rows",
                   "mech.zero_sweep")),
     ("runner", ("mech.results", "mech.runner")),
     ("analysis", ("mech.comparisons", "mech.discovery", "mech.plots", "mech.lmms")),

@@ -83,7 +83,7 @@ class Family:
 
     def last_position(self, model, batch) -> torch.Tensor:
         """``[batch, 1]`` position id of each row's last prompt token; the k-th generated
-        token of a row is at it + k (`mech.stepwise`, `mech.dola` pass these)."""
+        token of a row is at it + k (`mech.dola` passes these)."""
         return batch.inputs["position_ids"][:, -1:]
 
     def text_inputs(self, inputs: dict) -> dict:
