@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import hub, templates
+from . import grid, hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
 RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
@@ -202,6 +202,10 @@ class Model:
         inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids,
                                   mask_positions=not self.family.own_positions)
+        per_prompt = [p.count(self.family.placeholder) for p in prompts]
+        starts = [sum(per_prompt[:i]) for i in range(len(prompts))]
+        batch.image_sizes = [[grid.image_size(images[s + k]) for k in range(n)] for s, n in zip(starts, per_prompt)]
+        batch.grids = grid.batch_grids(self, inputs, batch.image_sizes, batch.image_counts.tolist())
         return batch.to(self.device)
 
     def _check_images(self, prompts: list[str], images: list) -> None:
