@@ -227,7 +227,7 @@ def controls(table: xr.Dataset):
 
 
 def overlay(image, values, grid, view: int | None = None, ax=None, cmap: str = "magma", alpha: float = 0.6,
-            image_index: int = 0):
+            image_index: int = 0, title: str | None = None, colorbar: bool = True):
     """Draw a per-image-token quantity on the image it came from.
 
     ``values``: one number per image token of a batch row (attention A(i), contrastive
@@ -251,5 +251,8 @@ def overlay(image, values, grid, view: int | None = None, ax=None, cmap: str = "
     ax.set_xlim(0, image.shape[1])
     ax.set_ylim(image.shape[0], 0)
     ax.set_axis_off()
-    ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title, fontsize=8)
+    if colorbar:
+        ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     return shown
