@@ -5,7 +5,8 @@ and, beside each, its test set as a parquet file that lmms-eval 0.7.3 loads offl
 (``dataset_path: parquet`` with ``data_files`` relative to the YAML):
 
 * ``mech_shapes``: `mech.datasets.shapes` (``split="test"``), ten answers per question;
-* ``mech_easyvqa``: easy-vqa's test set from the easy-vqa package (`mech.datasets.load`).
+* ``mech_easyvqa``: easy-vqa's test set from the easy-vqa package (`mech.datasets.load`),
+  a seeded subsample of 200 of its 9,673 questions unless ``--easyvqa all``.
 
 Rows are the samples in mech's order (``doc_id`` i is sample i; ``question_id`` is the
 sample's id), images stored losslessly (PNG), so lmms-eval's documents are mech's
@@ -31,8 +32,8 @@ STAMP = "mech_tasks.json"
 
 
 def samples(dataset: str, limit: int | None, seed: int = 0) -> list:
-    """The mech samples a task holds: the first ``limit`` (None: all of easy-vqa; shapes
-    needs a number)."""
+    """The mech samples a task holds: the first ``limit`` of the shapes test set, or a
+    seeded subsample of ``limit`` of easy-vqa's (None: all of it)."""
     from ..datasets import load, shapes
 
     if dataset == "shapes":
@@ -53,9 +54,9 @@ def documents(dataset: str, items) -> list[dict]:
     return docs
 
 
-def write(folder=DEFAULT_DIR, *, shapes: int = 200, easyvqa: int | None = None, seed: int = 0) -> Path:
-    """Write both tasks to ``folder`` (``shapes`` questions of the shapes test set, the
-    first ``easyvqa`` of easy-vqa's, all by default); returns its absolute path."""
+def write(folder=DEFAULT_DIR, *, shapes: int = 200, easyvqa: int | None = 200, seed: int = 0) -> Path:
+    """Write both tasks to ``folder`` (``shapes`` questions of the shapes test set,
+    ``easyvqa`` of easy-vqa's, None for all); returns its absolute path."""
     import datasets
 
     datasets.disable_progress_bars()  # stdout and stderr stay quiet: the path is the output
@@ -78,11 +79,22 @@ def write(folder=DEFAULT_DIR, *, shapes: int = 200, easyvqa: int | None = None, 
     return folder
 
 
+def _count(text: str) -> int | None:
+    """``--easyvqa``: a number of questions, or ``all`` (None)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of questions or all") from None
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mech.lmms.make_tasks", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="?", default=DEFAULT_DIR, help=f"where to write (default {DEFAULT_DIR})")
     parser.add_argument("--shapes", type=int, default=200, help="questions of the shapes test set (default 200)")
-    parser.add_argument("--easyvqa", type=int, default=None, help="questions of easy-vqa's test set (default all)")
+    parser.add_argument("--easyvqa", type=_count, default=200,
+                        help="questions of easy-vqa's test set, a seeded subsample (default 200), or all")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shapes set and the easy-vqa subsample")
     args = parser.parse_args(argv)
     for name in ("shapes", "easyvqa"):
