@@ -200,6 +200,28 @@ def test_bad_model_args_are_one_line_and_exit_2_on_the_command_line(command_line
     assert "Traceback" not in err
 
 
+def test_documents_mech_cannot_answer_and_sampling_are_refused():
+    from PIL import Image
+
+    from mech.lmms.model import _max_new_tokens, _one_turn
+
+    image = Image.new("RGB", (8, 8))
+    text = {"type": "text", "text": "what?"}
+    assert _one_turn([{"role": "user", "content": [{"type": "image", "url": image}, text]}], "t", 0) == ("what?", image)
+    for content in ([text], [{"type": "image", "url": image}] * 2 + [text],
+                    [{"type": "image", "url": image}, {"type": "video", "url": "v.mp4"}, text]):
+        with pytest.raises(ValueError, match="task t, document 3: mech answers one user turn of one image"):
+            _one_turn([{"role": "user", "content": content}], "t", 3)
+    with pytest.raises(ValueError, match="one user turn"):
+        _one_turn([{"role": "system", "content": [text]}, {"role": "user", "content": [{"type": "image", "url": image},
+                                                                                        text]}], "t", 3)
+    assert _max_new_tokens({"until": ["\n\n"], "temperature": 0, "num_beams": 1}, "t") == 1024
+    assert _max_new_tokens({"max_new_tokens": 16, "do_sample": False}, "t") == 16
+    for kwargs in ({"temperature": 0.7}, {"num_beams": 3}):
+        with pytest.raises(ValueError, match="mech decodes greedily"):
+            _max_new_tokens(kwargs, "t")
+
+
 def test_make_tasks_writes_once_and_prints_the_folder(tmp_path, capsys):
     make_tasks.main([str(tmp_path), "--shapes", "3", "--easyvqa", "2"])
     assert capsys.readouterr().out.strip() == str(tmp_path.resolve())
