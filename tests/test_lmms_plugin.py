@@ -23,7 +23,7 @@ from mech.lmms.options import ModelArgsError  # noqa: E402
 
 N_SHAPES, N_EASYVQA, BATCH = 16, 8, 4
 # Contrastive attention with a strong mask (the highest ratio, lambda 0, on attention
-# itself, so stepwise generation) changes some answers of the tiny model; at the
+# itself, so at every generation step) changes some answers of the tiny model; at the
 # defaults it changes almost none, which would leave its agreement with the plain model
 # untested.
 INTERVENTIONS = {

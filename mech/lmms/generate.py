@@ -3,16 +3,14 @@ decode, exactly as `mech.run` does for a batch of samples.
 
 The prompt is the model's template around the task's text (`Model.prepare`), generation
 greedy up to the cap or EOS with every intervention acting inside the one ``generate``
-(or one traced forward per token for those that act on every generated token,
-`mech.stepwise`), and the answer the new tokens before the first EOS, special tokens
-skipped. lmms-eval strips answers before scoring, as `mech.run` does.
+(on every generation step for those that act on generated tokens), and the answer the new
+tokens before the first EOS, special tokens skipped. lmms-eval strips answers before scoring, as `mech.run` does.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .. import stepwise
 from ..interventions import apply
 
 __all__ = ["answers"]
@@ -21,15 +19,11 @@ __all__ = ["answers"]
 def answers(model, interventions, texts, images, max_new_tokens: int) -> list[tuple[str, int]]:
     """``(text, new tokens before EOS)`` for each (task text, image) pair."""
     batch = model.prepare(questions=list(texts), images=list(images))
-    with torch.no_grad():
-        if stepwise.edits_generation(interventions):
-            new, _ = stepwise.generate(model, batch, interventions, max_new_tokens)
-        else:
-            with model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
-                if interventions:
-                    apply(model, batch, *interventions)
-                ids = tracer.result.save()
-            new = ids[:, batch.seq_len:]
+    with torch.no_grad(), model.generate(batch, max_new_tokens=max_new_tokens) as tracer:
+        if interventions:
+            apply(model, batch, *interventions, max_new_tokens=max_new_tokens)
+        ids = tracer.result.save()
+    new = ids[:, batch.seq_len:]
     return decode(model, new.cpu())
 
 
