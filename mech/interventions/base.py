@@ -119,7 +119,10 @@ def apply(model, batch: Batch, *interventions: "Intervention", max_new_tokens: i
     ``max_new_tokens``: inside ``model.generate``, the generate's own; interventions that
     act on generated tokens (`Intervention.acts_on_generation`) then act on every step
     of it (`generation_steps`). Without it (a ``model.trace``, or prefill-only
-    interventions) they act on the one forward or the prefill.
+    interventions) they act on the one forward or the prefill. It must be the generate's:
+    a smaller one leaves the last steps unedited, a larger one asks for a step the run
+    never makes (nnsight then warns that the loop outran it, and what follows in the
+    block does not run).
     """
     check_new_tokens(max_new_tokens)
     for intervention in interventions:
@@ -165,7 +168,8 @@ def run_steps(model, steps: Sequence[Step]) -> None:
 
 
 def generation_eos(model) -> torch.Tensor:
-    """The ids at which ``model.generate`` ends a row: its generation config's EOS."""
+    """The ids at which ``model.generate`` ends a row: its generation config's EOS (mech's
+    ``Model.generate`` passes no ``eos_token_id`` of its own)."""
     eos = model.nn._module.generation_config.eos_token_id
     return torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
 
