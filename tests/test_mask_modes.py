@@ -7,6 +7,7 @@ import torch
 import mech
 from mech.contrastive import SELECTIONS, selection_weights, slot_keys
 from reference import attention_scale_hooks, hooks, multiplier, normed_hook
+from test_generation_steps import generate
 
 TOL = 1e-5
 NEW = 4
@@ -34,16 +35,6 @@ def mech_logits(model, batch, *interventions, **options):
         mech.apply(model, batch, *interventions)
         logits = model.logits.save()
     return logits
-
-
-def generate(model, batch, interventions, new):
-    """``(new ids, results)`` of one ``model.generate`` with ``interventions`` on every step."""
-    results = None  # what a trace does not save stays as it was
-    with torch.no_grad(), model.generate(batch, max_new_tokens=new) as tr:
-        if interventions:
-            results = mech.apply(model, batch, *interventions, max_new_tokens=new)
-        ids = tr.result.save()
-    return ids[:, batch.seq_len:], results
 
 
 def soft_weights(batch, seed=0):
