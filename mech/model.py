@@ -236,7 +236,9 @@ class Model:
         """``with model.generate(batch, max_new_tokens=...) as tr:`` greedy generation.
 
         Interventions in the block act on the prefill (the first forward), where the
-        image tokens are; read ids from ``tr.result`` (prompt + new tokens).
+        image tokens are, and, given ``mech.apply(..., max_new_tokens=)`` with this
+        generate's, those that act on generated tokens act on every step; read ids from
+        ``tr.result`` (prompt + new tokens).
         """
         if self.processor is None:
             raise ValueError("generate needs the model's processor: pass processor= to mech.load")
