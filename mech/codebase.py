@@ -9,7 +9,7 @@ silently (`mech.store` recomputes it, or reuses it only when asked and says so):
   docstrings removed and written back out (`ast.unparse`). Any change to their code
   changes it; comments, docstrings, blank lines and formatting do not. The analysis and
   package layers above the runner (`mech.comparisons`, `mech.discovery`, `mech.plots`,
-  the package ``__init__``, `mech.demo`, and the zoo's training, evaluation and model card:
+  `mech.lmms` (the lmms-eval plugin), the package ``__init__``, `mech.demo`, and the zoo's training, evaluation and model card:
   ``mech.zoo`` itself, ``batches``, ``card``, ``card_text``, ``evaluate``, ``train``) only
   read finished records and do not enter it.
 * ``mech``: the package version; ``torch``, ``transformers``, ``nnsight``: the versions
@@ -35,9 +35,9 @@ RECORD_MODULES = (
     "mech.checks", "mech.hub", "mech.stats", "mech.metrics", "mech.generation", "mech.prompts", "mech.datasets",
     "mech.store", "mech.parallel", "mech.progress", "mech.codebase", "mech.writes",
     "mech.families", "mech.templates", "mech.batch", "mech.zoo.processor", "mech.zoo.random_llava",
-    "mech.zoo.random_vlm", "mech.zoo.tiny", "mech.model", "mech.remote", "mech.hooks",
+    "mech.zoo.random_vlm", "mech.zoo.tiny", "mech.model", "mech.model_files", "mech.remote", "mech.hooks",
     "mech.attention", "mech.contrastive", "mech.interventions", "mech.analysis", "mech.grid", "mech.generate",
-    "mech.decoding", "mech.stepwise", "mech.dola", "mech.vicrop", "mech.decode_together", "mech.shared_rows",
+    "mech.decoding", "mech.dola", "mech.vicrop", "mech.decode_together", "mech.shared_rows",
     "mech.zero_sweep",
     "mech.results", "mech.runner",
 )

@@ -21,10 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
-from . import hub, templates
+from . import grid, hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
-RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 
@@ -68,41 +67,6 @@ def _hub_config(name: str, revision: str | None) -> dict:
         except (OSError, errors.HfHubHTTPError) as error:
             raise OSError(f"{name}: the Hugging Face hub did not answer ({type(error).__name__}); {fix}") from None
     return json.loads(Path(path).read_text())
-
-
-def check_weights(folder: Path) -> None:
-    """Every ``*.safetensors`` file of a model folder is whole: its header parses and its
-    tensors end exactly where the file does (an interrupted download or copy is cut short),
-    and every shard a ``model.safetensors.index.json`` lists is there. Reads only the
-    headers; ValueError naming the file and the fix otherwise."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{index}: damaged weight index ({type(error).__name__}: {error}); download or "
-                             "copy the model again") from None
-        for shard in shards:
-            if not (folder / shard).is_file():
-                raise FileNotFoundError(f"{folder / shard}: listed in {index.name} but missing (an interrupted "
-                                        "download?); download or copy the model again")
-    for path in sorted(folder.glob("*.safetensors")):
-        size, why = path.stat().st_size, None
-        with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little") if size >= 8 else size
-            try:
-                header = json.loads(f.read(length)) if length <= size - 8 else None
-                end = 8 + length + max((int(t["data_offsets"][1]) for k, t in (header or {}).items()
-                                        if k != "__metadata__"), default=0)
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
-                header, why = {}, f"its header does not parse ({type(error).__name__})"
-        if header is None:
-            why = f"the file holds {size} bytes, too few for its header"
-        elif why is None and end != size:
-            why = f"the file holds {size} bytes, its tensors end at byte {end}"
-        if why:
-            raise ValueError(f"{path}: incomplete or damaged weights ({why}; an interrupted download or copy?); "
-                             "download or copy it again")
 
 
 def resolve_source(name: str, revision: str | None = None) -> tuple[str, Family]:
@@ -239,6 +203,10 @@ class Model:
         inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids,
                                   mask_positions=not self.family.own_positions)
+        per_prompt = [p.count(self.family.placeholder) for p in prompts]
+        starts = [sum(per_prompt[:i]) for i in range(len(prompts))]
+        batch.image_sizes = [[grid.image_size(images[s + k]) for k in range(n)] for s, n in zip(starts, per_prompt)]
+        batch.grids = grid.batch_grids(self, inputs, batch.image_sizes, batch.image_counts.tolist())
         return batch.to(self.device)
 
     def _check_images(self, prompts: list[str], images: list) -> None:
@@ -269,7 +237,9 @@ class Model:
         """``with model.generate(batch, max_new_tokens=...) as tr:`` greedy generation.
 
         Interventions in the block act on the prefill (the first forward), where the
-        image tokens are; read ids from ``tr.result`` (prompt + new tokens).
+        image tokens are, and, given ``mech.apply(..., max_new_tokens=)`` with this
+        generate's, those that act on generated tokens act on every step; read ids from
+        ``tr.result`` (prompt + new tokens).
         """
         if self.processor is None:
             raise ValueError("generate needs the model's processor: pass processor= to mech.load")
@@ -288,26 +258,6 @@ class Model:
     def __repr__(self) -> str:
         return (f"mech.Model({self.source!r}, family={self.family.name}, layers={self.n_layers}, "
                 f"attention={self.config._attn_implementation})")
-
-
-def local_kind(source) -> str | None:
-    """What ``source`` is when it is not a hub id (``"the embedded model"``, ``"a local
-    folder"``, ...), None for a hub id."""
-    if not isinstance(source, (str, os.PathLike)):
-        return "a built module"
-    name = str(source)
-    return ("the embedded model" if name == "tiny" else "a random model" if name.startswith(RANDOM)
-            else "a local folder" if Path(name).expanduser().exists() else None)
-
-
-def check_revision(source, revision) -> None:
-    """``revision`` pins a hub repository's commit: a ValueError for any other source."""
-    if not isinstance(revision, str) or not revision.strip():
-        raise ValueError(f"revision={revision!r}: give a hub branch, tag or commit as a string")
-    if local_kind(source):
-        shown = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
-        raise ValueError(f"revision={revision!r} applies to a hub id only, and {shown} is {local_kind(source)}: "
-                         "drop the revision, or give the hub id it pins")
 
 
 def left_padded(processor):

@@ -23,7 +23,7 @@ def check_args(args) -> None:
                          "(batches never straddle chunks)")
     check_out(args.out)
     if args.revision is not None:
-        from mech.model import local_kind
+        from mech.model_files import local_kind
 
         if local_kind(args.model):
             raise UsageError(f"--revision {args.revision}: applies to a hub id only, and --model {args.model} is "
@@ -65,7 +65,8 @@ def check_out(out: Path) -> None:
 def check_model_source(args) -> None:
     """The model ``--model`` names exists and is supported, and its weight files are whole,
     before the samples load (cheap: config and file headers, no weights)."""
-    from mech.model import RANDOM, TINY_PATH, resolve_source
+    from mech.model import TINY_PATH, resolve_source
+    from mech.model_files import RANDOM
 
     if args.model.startswith(RANDOM) or (args.model == "tiny" and not (TINY_PATH / "config.json").exists()):
         return  # nothing on disk to check (a missing embedded model: mech.load says how to get it)

@@ -156,7 +156,9 @@ def test_bench_quick_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep", "sweep_exact",
-                                      "sweep_32", "memory_capture", "memory_eager"}
+                                      "sweep_32", "memory_capture", "memory_eager", "generate_attention",
+                                      "generate_attention_traces", "generate_capture"}
+    assert result["results"]["generate_attention_traces"]["ids_equal_traces"]
     assert all(row["ratio"] > 0 for row in result["results"].values())
     assert result["machine"]["torch_threads"] == 1
     assert all(result["results"][k]["ids_equal_naive"] for k in ("sweep", "sweep_exact", "sweep_32"))
