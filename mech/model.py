@@ -24,6 +24,7 @@ import torch
 from . import grid, hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
+from .model_files import RANDOM, check_revision, check_weights
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 
