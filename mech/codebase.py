@@ -22,7 +22,6 @@ wheel and for a checkout with uncommitted changes alike; computed once per proce
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
 from pathlib import Path
 
@@ -81,19 +80,25 @@ def source_digest(root: Path = ROOT) -> tuple[str, int]:
     return h.hexdigest(), len(modules)
 
 
-@functools.cache
+# Computed once per process. A plain dict, not functools.cache: mech ships by value with
+# remote traces, and cloudpickle can only send a cache wrapper by reference.
+_IDENTITY: dict = {}
+
+
 def identity() -> dict:
     """The code identity every chunk fingerprint holds (see the module docstring)."""
-    import importlib.metadata
+    if not _IDENTITY:
+        import importlib.metadata
 
-    import nnsight
-    import torch
-    import transformers
+        import nnsight
+        import torch
+        import transformers
 
-    try:
-        version = importlib.metadata.version("mech")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    digest, count = source_digest()
-    return {"mech": version, "source_sha256": digest, "modules": count, "torch": torch.__version__,
-            "transformers": transformers.__version__, "nnsight": getattr(nnsight, "__version__", "?")}
+        try:
+            version = importlib.metadata.version("mech")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        digest, count = source_digest()
+        _IDENTITY.update({"mech": version, "source_sha256": digest, "modules": count, "torch": torch.__version__,
+                          "transformers": transformers.__version__, "nnsight": getattr(nnsight, "__version__", "?")})
+    return dict(_IDENTITY)

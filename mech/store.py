@@ -37,6 +37,7 @@ done) lets several processes share one folder's work instead of repeating it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fcntl
 import hashlib
@@ -44,7 +45,7 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -211,14 +212,10 @@ def write_json(path: Path, data: dict) -> Path:
     return atomic_write(path, write)
 
 
-class Stored(NamedTuple):
-    """What `ChunkStore.load` found: the records (None if not reusable), why not (None if
-    there was nothing or it is sound), the file read and the code that made it."""
-
-    records: list[dict] | None
-    problem: str | None
-    path: Path | None = None
-    code: dict | None = None
+# What `ChunkStore.load` found: the records (None if not reusable), why not (None if there
+# was nothing or it is sound), the file read and the code that made it. A plain namedtuple:
+# mech ships by value with remote traces, and cloudpickle rebuilds these (not typing's).
+Stored = collections.namedtuple("Stored", ["records", "problem", "path", "code"], defaults=(None, None))
 
 
 def _code_differences(stored: dict | None, current: dict | None) -> str:
