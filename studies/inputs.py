@@ -150,6 +150,10 @@ def load_samples(args) -> dict[str, list]:
             mech.datasets.check_samples(out[name], "its loader")  # ids, images, answers: before any model work
         except (ValueError, TypeError, OSError, ImportError) as error:
             raise UsageError(f"--datasets {name}: {error}") from None
+        unanswered = [s.id for s in out[name] if not s.answers]
+        if unanswered:  # a study's accuracy is over every sample: none may drop out of it
+            raise UsageError(f"--datasets {name}: sample {unanswered[0]} (and {len(unanswered) - 1} more) has no gold "
+                             "answers; every study reports accuracy over all its samples: give each its answers")
         if not out[name]:
             raise UsageError(f"--datasets {name}: no samples (is the source empty?)")
     return out

@@ -396,6 +396,7 @@ def test_revision_with_a_local_model_is_refused():
     (lambda s: [s[0], s[0]], r"sample ids must be unique.*repeated: \['r2-loader-000'\]"),
     (lambda s: [Sample(s[0].id, "r2-loader", s[0].image, "q?", "yes")], "answers must be a tuple of strings"),
     (lambda s: [Sample("a\0b", "r2-loader", s[0].image, "q?", ("x",))], "NUL character"),
+    (lambda s: [s[0], Sample(s[1].id, "r2-loader", s[1].image, "q?", ())], "r2-loader-001 .* has no gold answers"),
 ])
 def test_a_loader_giving_bad_samples_is_named_before_the_model_loads(tmp_path, monkeypatch, broken, message):
     good = [Sample(f"r2-loader-{i:03d}", "r2-loader", s.image, s.question, s.answers)
