@@ -24,6 +24,7 @@ import torch
 from . import hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
+from .positions import question_mask
 RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
@@ -202,6 +203,9 @@ class Model:
         inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids,
                                   mask_positions=not self.family.own_positions)
+        if questions is not None:  # where each question's tokens are (positions="question")
+            found, why = question_mask(self.processor.tokenizer, prompts, questions, batch.inputs["input_ids"])
+            batch.extras.update(question=found, question_reason=why)
         return batch.to(self.device)
 
     def _check_images(self, prompts: list[str], images: list) -> None:
