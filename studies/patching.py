@@ -13,7 +13,8 @@ with LD the last prompt token's logit of the clean answer minus that of the corr
 answer: 1 is the clean run's preference fully restored, 0 none of it. Groups: the image
 tokens the asked object covers, the other image tokens, all image tokens (at layer 0 they
 restore everything: the image is the only difference), the question's tokens and the last
-token. Pairs where the model does not answer both images right (LD_clean <= 0 or
+token. (The other image tokens differ between the two runs as well: the vision tower mixes
+every patch.) Pairs where the model does not answer both images right (LD_clean <= 0 or
 LD_corrupted >= 0) are left out and counted. Means over pairs with percentile-bootstrap
 95% CIs, pooled and per question type.
 
