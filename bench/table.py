@@ -29,7 +29,7 @@ def markdown(result: dict) -> str:
         if "templates" in row:
             ratio += f"; templates {row['templates']['bytes'] / 2**20:.0f} MiB"
         limit = f"{row['limit']:.3f}" if "limit" in row else "—"
-        target = "reported" if row["target"] is None else f"≤ {row['target']:.2f}"
+        target = "reported" if row["target"] is None else row.get("target_text") or f"≤ {row['target']:.2f}"
         verdict = "—" if row["passed"] is None else ("pass" if row["passed"] else "**miss**")
         name = row["measure"].removesuffix(" [s]").removesuffix(" [MiB]")
         lines.append(f"| {name} | {_value(row, 'toolkit')} | {_value(row, 'anchor')} | {ratio} | {limit} "
