@@ -49,9 +49,9 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines += ["", f"Measured on {m['cpu']} ({m['cpu_cores']} cores), {m['device']}, {m['torch_threads']} torch "
               f"thread(s), torch {m['torch']}, transformers {m['transformers']}, nnsight {m['nnsight']}; "
-              f"{result['reps']} interleaved pairs per forward row, "
-              + ", ".join(f"{len(row['toolkit_all_s'])} for {name}" for name, row in result["results"].items()
-                          if name.startswith("sweep")) + "; other "
+              f"{result['reps']} interleaved pairs per forward row"
+              + "".join(f", {len(row['toolkit_all_s'])} for {name}" for name, row in result["results"].items()
+                        if name.startswith("sweep")) + "; other "
               f"load: {result['other_load']['before']}; {result['seconds'] / 60:.1f} min in all."]
     return "\n".join(lines)
 
