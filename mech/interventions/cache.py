@@ -80,7 +80,7 @@ class Cache(Intervention):
       ``attn.pattern``: ``[batch, layer, P, heads, seq]``, the chosen positions as queries,
       float32; ``image_embeds``: ``[batch, n_image, hidden]``, no layer);
     * ``index`` / ``valid``: ``[batch, P]`` the sequence position of each slot (``seq`` on
-      padded ones) and whether it is real; ``layers``: ``[layer]``.
+      padded ones) and whether it is real; ``layers``: the layers, in order (a list).
 
     Memory is what was asked and nothing more: each layer's value is cut to the ``P``
     chosen positions as the forward passes it and written into one preallocated buffer
@@ -109,7 +109,7 @@ class Cache(Intervention):
     def steps(self, model, batch, result):
         index, valid = pos.select(batch, self.positions)
         layers = layer_list(model, self.layers, "Cache")
-        result.update(index=index, valid=valid, layers=torch.tensor(layers))
+        result.update(index=index, valid=valid, layers=list(layers))  # a list: not split per sample
         steps = []
         for name in dict.fromkeys(names_of(self.names)):
             def store(i, value, name=name):  # value [batch, P, ...] of layer slot i
@@ -162,7 +162,7 @@ def activations_dataset(result: dict, names, positions):
         mask = valid[:, None] if per_layer else valid
         value = np.where(mask.reshape(mask.shape + (1,) * (value.ndim - mask.ndim)), value, np.nan)
         data[name] = xr.DataArray(value, dims=dims, attrs={"hook_point": name, "what": HOOK_POINTS[name].what})
-    ds = xr.Dataset(data, coords={"layer": result["layers"].cpu().numpy(), where: np.arange(valid.shape[1]),
+    ds = xr.Dataset(data, coords={"layer": np.asarray(result["layers"]), where: np.arange(valid.shape[1]),
                                   "seq_index": (("sample", where), index)})
     ds.attrs.update(positions=str(positions) if not isinstance(positions, torch.Tensor) else "mask",
                     source="mech.Cache")

@@ -78,7 +78,7 @@ class LogitLens(Intervention):
         targets = target_ids(self.targets, batch.size)
         if targets is not None and targets.shape[0] != batch.size:
             raise ValueError(f"targets hold {targets.shape[0]} rows for a batch of {batch.size}")
-        result.update(index=index, valid=valid, layers=torch.tensor(layers))
+        result.update(index=index, valid=valid, layers=list(layers))
         if targets is not None:
             result["targets"] = targets
 
@@ -125,7 +125,7 @@ class LogitLens(Intervention):
             ids = data["top_ids"][1]
             words = np.array(tokenizer.convert_ids_to_tokens(np.maximum(ids, 0).ravel().tolist()), dtype=object)
             data["top_tokens"] = (("sample", "layer", where, "k"), np.where(ids >= 0, words.reshape(ids.shape), ""))
-        coords = {"layer": result["layers"].cpu().numpy(), where: np.arange(valid.shape[2]),
+        coords = {"layer": np.asarray(result["layers"]), where: np.arange(valid.shape[2]),
                   "seq_index": (("sample", where), np.where(valid[:, 0, :, 0], result["index"].cpu().numpy(), -1))}
         if "targets" in result:
             coords["target_id"] = (("sample", "target"), result["targets"].cpu().numpy())

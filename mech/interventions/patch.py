@@ -114,10 +114,10 @@ class Patch(Intervention):
                              f"the source's {counts[1]}; each pair must hold as many (the j-th replaces the j-th)")
         wanted = layer_list(model, self.layers, "Patch") if point.per_layer else [-1]
         if layers is not None and point.per_layer:
-            missing = sorted(set(wanted) - set(layers.tolist()))
+            missing = sorted(set(wanted) - set(layers))
             if missing:
                 raise ValueError(f"Patch: the cache has no {self.name!r} at layers {missing}; it holds "
-                                 f"{layers.tolist()}")
+                                 f"{layers}")
 
         def patch(value, state):
             if source is not None:
@@ -125,7 +125,7 @@ class Patch(Intervention):
             else:
                 cached = self.source[self.name]
                 if point.per_layer:
-                    cached = cached[:, layers.tolist().index(state["layer"])]
+                    cached = cached[:, layers.index(state["layer"])]
                 new = cached.flatten(2).to(value.device)  # attn.z: heads back into one dim
             return _rows(value, target, pos.scatter(value[target.start:target.stop], t_index, new))
         return [Step(layer, point.site, patch) for layer in wanted]
