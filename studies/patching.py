@@ -164,7 +164,7 @@ def figure(ds: xr.Dataset):
 
 
 def check(args) -> None:
-    if args.datasets not in ("shapes", "shapes,shapes-dots"):
+    if args.datasets != "shapes":
         raise cli.UsageError(f"--datasets {args.datasets}: the patching study builds its clean/corrupted pairs from "
                              "the shapes generator; use --datasets shapes")
 
