@@ -13,6 +13,11 @@ RSS above the loaded model, the kernel's high-water mark reset right before the 
 GPU: ``torch.cuda.max_memory_allocated``). "Plain forward" is the Hugging Face module
 called directly under ``torch.no_grad()``. Runs on CUDA when available.
 
+The generation rows time every step of one ``model.generate`` (nnsight's step iteration):
+an attention-mode edit against a plain generate of the same length and against the per-token
+traces it ran as before (`bench.paths.per_token_traces`), and per-token image-attention
+capture against a plain generate.
+
 The sweep rows run as a study does, over 8 batches with one run's image-row templates,
 at 8 layers and at 32 (LLaVA-1.5-7B's depth, on a narrower model), each with its
 structural limit; a table of the sweep's cost by depth and prompt length follows
@@ -38,14 +43,16 @@ import torch
 from . import sweep as sweeps
 from .harness import FULL, QUICK, SWEEP32, build, device, interleaved
 from .memory import memory
-from .paths import (cache_image_residuals, capture, contrastive, patch, plain_forward, source_batch, traced,
-                    two_plain_forwards)
+from .paths import (cache_image_residuals, capture, contrastive, generated, patch, per_token_traces,
+                    plain_forward, source_batch, traced, two_plain_forwards)
 
 # (name, measure, target or None)
 TARGETS = {
     "capture": 1.03, "capture_eager": None, "contrastive": 1.05, "sweep": 0.30, "sweep_32": 0.20,
     "sweep_exact": None,  # its structural floor + 0.02, set when measured
     "memory_capture": 1.05, "memory_eager": None, "trace": 1.03,
+    # every generation step inside one model.generate (nnsight's step iteration)
+    "generate_attention": 1.05, "generate_attention_traces": None, "generate_capture": 1.10,
     "cache": 1.05, "patch": 1.05, "memory_cache": 1.10,  # memory_cache: within 10% of the asked bytes, both ways
 }
 # A fixed mmap threshold: every large tensor is its own mapping, returned when freed, so the
@@ -139,6 +146,8 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
                f"{result['pair_ratio_max']:.3f})" if "pair_ratio_median" in result else "")
             + ("" if "limit" not in result else f"  limit {result['limit']:.3f}")
             + ("" if "templates" not in result else f", templates {result['templates']['bytes'] / 2**20:.0f} MiB")
+            + ("" if "ids_equal_traces" not in result else
+               f"  ids {'equal to' if result['ids_equal_traces'] else 'DIFFER from'} traces")
             + ("" if "ids_equal_naive" not in result else
                f"  ids {'equal to' if result['ids_equal_naive'] else 'DIFFER from'} naive")
             + ("" if "max_logit_difference_vs_naive" not in result else
@@ -159,6 +168,24 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
     del eager
     report("contrastive", "ContrastiveMask in one pass vs plain forward [s]",
            interleaved(lambda: contrastive(model, batch), plain, reps))
+    # Generation steps: an attention-mode edit (from the review layer on) and per-token
+    # capture at every step of one generate, against a plain generate of the same length and
+    # against the per-token traces the edit ran as before (one trace and one request per token).
+    new_tokens = config["max_new_tokens"]
+    edit = mech.ScaleImage(layer=mech.default_review_layer(model.n_layers), weights=0.1, at="attention")
+    per_token = mech.CaptureImageAttention(layers=layers, query="generated")
+    one = lambda: generated(model, batch, new_tokens, edit)  # noqa: E731
+    plain_generate = lambda: generated(model, batch, new_tokens)  # noqa: E731
+    row = interleaved(one, plain_generate, reps)
+    report("generate_attention", f"attention-mode edit at every step, one generate of {new_tokens} vs plain "
+           "generate [s]", row)
+    row = interleaved(one, lambda: per_token_traces(model, batch, [edit], new_tokens, min_new_tokens=new_tokens),
+                      reps)
+    row["ids_equal_traces"] = bool(torch.equal(one()[0], per_token_traces(model, batch, [edit], new_tokens,
+                                                                          min_new_tokens=new_tokens)[0]))
+    report("generate_attention_traces", "attention-mode edit, one generate vs one trace per token [s]", row)
+    report("generate_capture", f"per-token image-attention capture at {len(layers)} layers vs plain generate [s]",
+           interleaved(lambda: generated(model, batch, new_tokens, per_token), plain_generate, reps))
     analysis_rows(model, batch, config, reps, threads, memory_reps, report)
     # The sweep as a study runs it: batch after batch, one run's image-row templates.
     n_batches = 2 if not judge else SWEEP_BATCHES

@@ -94,3 +94,70 @@ def naive_zero_sweep(model, batch, layers, max_new_tokens):
         finally:
             handle.remove()
     return out
+
+
+# -- generation steps ----------------------------------------------------------------------
+
+def generated(model, batch, max_new_tokens, *interventions, remote=False):
+    """``(new ids [batch, new], results or None)`` of one ``model.generate`` of exactly
+    ``max_new_tokens`` (``min_new_tokens`` holds EOS off, so every path times the same
+    number of steps), ``interventions`` on every generation step."""
+    import mech
+
+    options = {"remote": remote} if remote else {}
+    results = None
+    with torch.no_grad(), model.generate(batch, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                         **options) as tr:
+        if interventions:
+            results = mech.apply(model, batch, *interventions, max_new_tokens=max_new_tokens)
+        ids = tr.result.save()
+    return ids[:, batch.seq_len:], results
+
+
+def per_token_traces(model, batch, interventions, max_new_tokens: int, *, remote=False, min_new_tokens=0):
+    """The anchor of the generation-step rows, and the reference the tests hold the one
+    generate to: greedy generation as mech ran it before its edits moved onto nnsight's
+    step iteration, one nnsight trace per token over a KV cache saved out of the last
+    (``nnsight.save(past_key_values)``), the prefill with each intervention's `steps` and
+    every later forward with its `decode_steps`; with ``remote=`` every token is a request
+    that carries the cache. ``(new ids [batch, new], prefill results)``; padding after a
+    row's EOS as ``generate`` pads; ``min_new_tokens`` keeps EOS off as ``generate``'s does."""
+    import nnsight
+    from transformers import DynamicCache
+
+    from mech.decoding import eos_ids
+    from mech.interventions import apply, run_steps
+
+    interventions = list(interventions)
+    eos = torch.tensor(sorted(eos_ids(model)))
+    pad = model.processor.tokenizer.pad_token_id
+    options = {"remote": remote} if remote else {}
+    inputs = dict(batch.inputs)
+    mask = inputs["attention_mask"]
+    position = model.family.last_position(model, batch)
+    cache = DynamicCache()
+    done = torch.zeros(batch.size, dtype=torch.bool)
+    new, results = [], None
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            with model.nn.trace(**inputs, past_key_values=cache, use_cache=True, **options):
+                if step == 0:
+                    results = apply(model, batch, *interventions) if interventions else None
+                elif interventions:
+                    rows = [results] if len(interventions) == 1 else list(results)
+                    run_steps(model, [s for iv, r in zip(interventions, rows)
+                                      for s in iv.decode_steps(model, batch, r, step)])
+                logits = model.logits[:, -1].save()
+                cache = nnsight.save(model.nn.output.past_key_values)
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
+            token = logits.argmax(-1).cpu()
+            token = torch.where(done, torch.full_like(token, pad), token)
+            new.append(token)
+            done |= torch.isin(token, eos)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            position = position + 1
+            inputs = {"input_ids": token[:, None].to(mask.device), "attention_mask": mask, "position_ids": position}
+    return torch.stack(new, 1), results

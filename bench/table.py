@@ -22,6 +22,8 @@ def markdown(result: dict) -> str:
         ratio = f"{row['ratio']:.3f}"
         if "pair_ratio_median" in row and len(row.get("toolkit_all_s", [0, 0])) > 1:
             ratio += f" (pair median {row['pair_ratio_median']:.3f})"
+        if "ids_equal_traces" in row:
+            ratio += "; ids " + ("equal to" if row["ids_equal_traces"] else "DIFFER from") + " traces"
         if "ids_equal_naive" in row:
             ratio += "; ids " + ("equal to" if row["ids_equal_naive"] else "DIFFER from") + " naive"
         if "max_logit_difference_vs_naive" in row:

@@ -11,7 +11,7 @@ files), or run a baseline `Decoder` instead of ``generate``: `DoLa`, `ViCrop`.
 
 __version__ = "0.1.0"
 
-from . import attention, contrastive, datasets, generation, metrics, parallel, prompts, remote, stepwise, templates
+from . import attention, contrastive, datasets, generation, metrics, parallel, prompts, remote, templates
 from . import comparisons, hooks, positions
 from .batch import Batch
 from .interventions import (Cache, CaptureImageAttention, ContrastiveMask, Intervention, Knockout, LogitLens,
@@ -33,5 +33,5 @@ __all__ = ["load", "Model", "Batch", "apply", "Intervention", "ZeroImage", "Scal
            "Knockout", "CaptureImageAttention", "ContrastiveMask", "default_review_layer",
            "attention", "contrastive", "datasets", "run", "sweep", "slug", "Record",
            "Results", "ChunkWarning", "ContextWarning", "WriteError", "remote", "__version__", "Decoder", "DoLa", "ViCrop",
-           "zero_mask_sweep", "ImageRowTemplates", "generation", "metrics", "prompts", "templates", "parallel", "stepwise", "comparisons",
+           "zero_mask_sweep", "ImageRowTemplates", "generation", "metrics", "prompts", "templates", "parallel", "comparisons",
            "Cache", "Patch", "LogitLens", "join", "hooks", "positions"]

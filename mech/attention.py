@@ -85,6 +85,50 @@ def query_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tenso
     return scores.softmax(-1)
 
 
+def new_token_attention_row(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                            cached_keys: torch.Tensor | None, *, head_dim: int, scaling: float,
+                            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of a generation step's one new token to every key it sees, per head.
+
+    Args:
+        query, key: its ``q_proj`` / ``k_proj`` outputs ``[batch, 1, heads * head_dim]`` and
+            ``[batch, 1, kv_heads * head_dim]`` (before rotary, as `query_attention_row`).
+        cos, sin: its rotary embeddings ``[batch, 1, head_dim]``.
+        cached_keys: the layer's KV-cache keys before this step ``[batch, kv_heads, cached,
+            head_dim]`` (rotary applied; a sliding-window layer keeps only its window), or
+            None for an empty cache.
+        mask: the mask the layer was called with, ``[batch, 1 or heads, 1, cached + 1]``
+            (bool: True attends; or additive), or None (every key visible).
+    Returns:
+        ``[batch, heads, cached + 1]`` float32 softmax weights over the cached keys and the
+        new token's own (rows sum to 1), in cache order.
+    """
+    batch = query.shape[0]
+    q = apply_rope(query.view(batch, 1, -1, head_dim).transpose(1, 2).float(), cos.float(), sin.float())
+    k = apply_rope(key.view(batch, 1, -1, head_dim).transpose(1, 2).float(), cos.float(), sin.float())
+    keys = k if cached_keys is None else torch.cat([cached_keys.float(), k], 2)  # [batch, kv_heads, keys, hd]
+    heads, kv_heads = q.shape[1], keys.shape[1]
+    q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)  # grouped-query attention, as above
+    scores = (q @ keys.transpose(-1, -2)).reshape(batch, heads, -1) * scaling
+    if mask is None:
+        return scores.softmax(-1)
+    row = mask[:, :, -1, -scores.shape[-1]:]
+    if row.dtype == torch.bool:
+        return scores.masked_fill(~row, float("-inf")).softmax(-1)
+    low = torch.finfo(row.dtype).min
+    return (scores + row.float()).masked_fill(row <= low, float("-inf")).softmax(-1)
+
+
+def prompt_positions(row: torch.Tensor, total: int, seq_len: int) -> torch.Tensor:
+    """Weights over the last ``row.shape[-1]`` of ``total`` positions ``[batch, heads, keys]``
+    -> over the prompt's ``seq_len`` positions ``[batch, heads, seq_len]`` (0 for prompt
+    positions a sliding window no longer holds), ready for `image_attention`."""
+    first = total - row.shape[-1]  # position of the first key
+    if first <= 0:
+        return row[..., -first:seq_len - first]
+    return torch.nn.functional.pad(row[..., :max(seq_len - first, 0)], (min(first, seq_len), 0))
+
+
 def image_attention(row: torch.Tensor, image_index: torch.Tensor, image_valid: torch.Tensor,
                     heads: str = "mean") -> torch.Tensor:
     """Reduce a per-head attention row to the image-attention distribution A.

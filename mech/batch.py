@@ -34,6 +34,7 @@ class Batch:
         image_valid: ``[batch, n_image]`` bool, False on padded slots.
         prompts: the full prompt strings, template applied.
         ids: sample ids, when the batch was built from samples.
+        image_sizes: each row's images' original ``(height, width)``, in prompt order.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -43,6 +44,8 @@ class Batch:
     prompts: list[str]
     ids: list[str] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    image_sizes: list[list[tuple[int, int]]] | None = None
+    grids: Any = field(default=None, repr=False, compare=False)  # list[ImageGrid], or why there is none
 
     @classmethod
     def from_inputs(cls, inputs: dict[str, torch.Tensor], image_token_id: int, prompts, ids=None, *,
@@ -88,11 +91,25 @@ class Batch:
         mask[:, -1] = True  # left padding puts every row's last token at the end
         return mask
 
+    @property
+    def image_grid(self) -> list:
+        """Per row, where each of its image tokens sits in its image: a `mech.grid.ImageGrid`
+        (view, row, column, tile, newline, box in the original image's pixels), built by
+        the family adapter from the processor's outputs when the batch was prepared.
+        Token j of a row's grid is slot j of the image layout (``image_index[b, j]``)."""
+        if isinstance(self.grids, str) or self.grids is None:
+            raise ValueError(self.grids or "this batch has no image grid: build it with model.prepare")
+        return self.grids
+
+    def __getstate__(self):
+        # A trace that names the batch ships it by value: the grids stay here (analysis only).
+        return {**self.__dict__, "grids": None}
+
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         return Batch({k: move(v) for k, v in self.inputs.items()}, move(self.image_mask),
                      move(self.image_index), move(self.image_valid), self.prompts, self.ids,
-                     self.extras)
+                     self.extras, self.image_sizes, self.grids)
 
 
 def image_layout(image_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,8 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
     Vars: ``score``, ``inverse_time`` (1/s), ``new_tokens``, ``prediction`` and numeric
     per-sample extras (``extra_*``, e.g. ``extra_pre_layer``) over (dataset, dim, sample);
     ``baseline_score``, ``baseline_inverse_time``, ``baseline_new_tokens``,
-    ``baseline_prediction`` over (dataset, sample); ``changed`` (dataset, dim): predictions
+    ``baseline_prediction`` over (dataset, sample); per-step extras (per-token capture) over
+    (dataset, dim, sample, step, ...), NaN after a sample's EOS; ``changed`` (dataset, dim): predictions
     that differ from the baseline's; ``accuracy``/``accuracy_ci``,
     ``mean_inverse_time`` and ``baseline_*`` summaries with percentile-bootstrap 95% CIs.
     """
@@ -68,7 +69,8 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
         parts = []
         for c in coords:
             one = results[slug(named[c])].to_xarray()
-            extra = [v for v in one.data_vars if v.startswith("extra_") and one[v].dims == ("sample",)]
+            extra = [v for v in one.data_vars if v.startswith("extra_")  # per sample, or per step
+                     and (one[v].dims == ("sample",) or one[v].dims[:2] == ("sample", "step"))]
             parts.append(one[[*PER_SAMPLE, *extra]])
         stacked = xr.concat(parts, dim=xr.DataArray(coords, dims=dim, name=dim))
         base = results["baseline"].to_xarray()

@@ -60,6 +60,11 @@ def join(model, *batches: Batch) -> Batch:
     joined = Batch.from_inputs(inputs, model.image_token_id, [p for b in batches for p in b.prompts],
                                None if any(b.ids is None for b in batches) else [i for b in batches for i in b.ids],
                                mask_positions="position_ids" in keys)
+    if all(b.image_sizes is not None for b in batches):
+        joined.image_sizes = [sizes for b in batches for sizes in b.image_sizes]
+    grids = [b.grids for b in batches]
+    reasons = [g for g in grids if g is None or isinstance(g, str)]
+    joined.grids = reasons[0] if reasons else [g for part in grids for g in part]
     starts = torch.tensor([0] + [b.size for b in batches]).cumsum(0).tolist()
     joined.extras.update(parts=tuple(zip(starts[:-1], [b.size for b in batches])), joined=batches)
     questions = [b.extras.get("question") for b in batches]

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import hub, templates
+from . import grid, hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
 from .positions import question_mask
@@ -203,6 +203,10 @@ class Model:
         inputs = {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
         batch = Batch.from_inputs(inputs, self.image_token_id, prompts, ids,
                                   mask_positions=not self.family.own_positions)
+        per_prompt = [p.count(self.family.placeholder) for p in prompts]
+        starts = [sum(per_prompt[:i]) for i in range(len(prompts))]
+        batch.image_sizes = [[grid.image_size(images[s + k]) for k in range(n)] for s, n in zip(starts, per_prompt)]
+        batch.grids = grid.batch_grids(self, inputs, batch.image_sizes, batch.image_counts.tolist())
         if questions is not None:  # where each question's tokens are (positions="question")
             found, why = question_mask(self.processor.tokenizer, prompts, questions, batch.inputs["input_ids"])
             batch.extras.update(question=found, question_reason=why)
@@ -236,7 +240,9 @@ class Model:
         """``with model.generate(batch, max_new_tokens=...) as tr:`` greedy generation.
 
         Interventions in the block act on the prefill (the first forward), where the
-        image tokens are; read ids from ``tr.result`` (prompt + new tokens).
+        image tokens are, and, given ``mech.apply(..., max_new_tokens=)`` with this
+        generate's, those that act on generated tokens act on every step; read ids from
+        ``tr.result`` (prompt + new tokens).
         """
         if self.processor is None:
             raise ValueError("generate needs the model's processor: pass processor= to mech.load")

@@ -224,3 +224,35 @@ def controls(table: xr.Dataset):
     axes[0, -1].legend(fontsize=6, loc="best")
     fig.tight_layout()
     return fig
+
+
+def overlay(image, values, grid, view: int | None = None, ax=None, cmap: str = "magma", alpha: float = 0.6,
+            image_index: int = 0, title: str | None = None, colorbar: bool = True):
+    """Draw a per-image-token quantity on the image it came from.
+
+    ``values``: one number per image token of a batch row (attention A(i), contrastive
+    scores, a patching effect; ``[n_image]``, or the row of the batch's padded layout),
+    ``grid``: that row's `mech.grid.ImageGrid` (``batch.image_grid[b]``). Each token's
+    value fills the rectangle of the image its patch covers; ``view`` picks which of the
+    image's views to draw (default: the finest, e.g. LLaVA-NeXT's tiles rather than its
+    base view); newline tokens read no patch and are not drawn. Returns the
+    ``AxesImage`` of the values (its ``extent`` is the view's box in image pixels).
+    """
+    image = np.asarray(image)
+    view = grid.finest(image_index) if view is None else view
+    if grid.views[view].image != image_index:
+        raise ValueError(f"view {view} is of image {grid.views[view].image}, not image_index={image_index}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4 * image.shape[0] / max(image.shape[1], 1)))
+    ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0))
+    left, top, right, bottom = grid.views[view].box
+    shown = ax.imshow(grid.on_view(values, view).numpy(), extent=(left, right, bottom, top), cmap=cmap,
+                      alpha=alpha, interpolation="nearest")
+    ax.set_xlim(0, image.shape[1])
+    ax.set_ylim(image.shape[0], 0)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    if colorbar:
+        ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    return shown

@@ -129,7 +129,12 @@ class Results:
         Vars: ``score``, ``correct`` (score >= 1, full credit), ``seconds`` (s),
         ``inverse_time`` (1/s), ``new_tokens``, ``prediction``, ``batch_size``, ``timing``;
         extras that are numbers become ``extra_<key>``, equal-length flat lists
-        ``extra_<key>`` over a dim ``<key>_index``; ragged or nested ones stay in the records.
+        ``extra_<key>`` over a dim ``<key>_index``; per-step extras (those beside a
+        ``steps`` extra: `CaptureImageAttention(query="generated")`) ``extra_<key>`` over
+        (``sample``, ``step``[, ``head``], ``<key>_index``), NaN where a sample has no such
+        step (it had reached EOS) or no such image token (fewer than the largest count),
+        with ``extra_steps`` saying how many each has; other ragged or nested ones stay in
+        the records.
         """
         import numpy as np
         import xarray as xr
@@ -147,10 +152,13 @@ class Results:
             "batch_size": ("sample", np.array([r.batch_size for r in recs]), {}),
             "timing": ("sample", np.array([r.timing for r in recs], dtype=object), {}),
         }
+        per_step = step_keys(recs[0].extras) if recs else set()
         for key in (recs[0].extras if recs else {}):
             values = [r.extras.get(key) for r in recs]
             name = "extra_" + re.sub(r"\W", "_", key)
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if key in per_step:
+                data[name] = per_step_variable(values, name[6:])
+            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 data[name] = ("sample", np.array(values), {})
             elif all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
                 try:
@@ -164,6 +172,32 @@ class Results:
         coords = {"sample": [r.id for r in recs], "dataset": ("sample", [r.dataset for r in recs]),
                   "question_type": ("sample", [r.question_type or "" for r in recs])}
         return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def step_keys(extras: dict) -> set[str]:
+    """Keys of per-step extras: those of a result that holds ``steps`` (same prefix)."""
+    found = set()
+    for mark in [k for k in extras if k == "steps" or k.endswith(".steps")]:
+        prefix = mark[:-len("steps")]
+        found |= {k for k in extras if k != mark and k.startswith(prefix) and (prefix or "." not in k)}
+    return found
+
+
+def per_step_variable(values: list, key: str) -> tuple:
+    """``(dims, array, attrs)`` of per-step extras (one nested list per sample: step, then
+    [head,] image token), NaN-padded where a sample has fewer steps or image tokens."""
+    import numpy as np
+
+    arrays = [np.array(v, dtype=float) for v in values]
+    ndim = max(a.ndim for a in arrays)
+    shape = [max(a.shape[i] if a.ndim == ndim else 0 for a in arrays) for i in range(ndim)]
+    out = np.full((len(arrays), *shape), np.nan)
+    for i, a in enumerate(arrays):
+        if a.size:
+            out[(i, *(slice(0, n) for n in a.shape))] = a
+    dims = ("sample", "step", *(("head",) if ndim == 3 else ()), f"{key}_index")[:ndim + 1]
+    return dims, out, {"long_name": f"{key} at each generation step (step 0: the prefill)",
+                       "missing": "NaN: the sample had reached EOS before this step, or has fewer image tokens"}
 
 
 def _describe(manifest: Path) -> str:

@@ -5,7 +5,7 @@ colour and shape words, and the last prompt token to the answer?
 own final norm and unembedding, at every image token and at the last prompt token of
 shapes test samples. For each sample whose question is about one object (colour and shape
 questions: the asked object; spatial: the answer's), the image tokens that object covers
-(`mech.datasets.covered_patches`) give the rank of its colour word and of its shape word
+(where the batch's image grid, `mech.grid`, puts them: `mech.datasets.covered_tokens`) give the rank of its colour word and of its shape word
 (0: the top token; the median over its tokens) and the share of its tokens whose top token
 is that word; the last token gives the rank of the answer's first token, for every
 question type. Image tokens come before the question, so what they decode to does not
@@ -18,7 +18,6 @@ patch coloured by its top token at ``--show-layers``, and the rank-by-layer curv
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import torch
@@ -31,11 +30,14 @@ WORDS = ("color", "shape")
 
 
 def lens_batch(model, samples, remote=None) -> dict[str, np.ndarray]:
-    """One batch: top-1 ids at every image token ``[n, layer, n_image]``, the object's word
-    ranks and top-1 shares ``[n, layer, 2]`` (NaN without an object), the answer's rank at
-    the last token ``[n, layer]``."""
+    """One batch: top-1 ids at every image token ``[n, layer, n_image]`` and where each token
+    sits (view, row, column of the batch's image grid), the object's word ranks and top-1
+    shares ``[n, layer, 2]`` (NaN without an object), the answer's rank at the last token
+    ``[n, layer]``."""
     import mech
-    from mech.datasets import asked_object, covered_patches
+    from mech.datasets import asked_object
+
+    from .patching import object_slots
 
     tokenizer = model.processor.tokenizer
     batch = model.prepare(samples)
@@ -47,29 +49,32 @@ def lens_batch(model, samples, remote=None) -> dict[str, np.ndarray]:
     last = mech.LogitLens(positions="last", top_k=1, targets=answers)
     with torch.no_grad(), model.trace(batch, **({"remote": remote} if remote else {})):
         on_image, on_last = mech.apply(model, batch, image, last)
-    counts = batch.image_counts.tolist()
-    n, layers = len(samples), on_image["top_ids"].shape[1]
+    n, layers, width = on_image["top_ids"].shape[:3]
     ranks, top1 = np.full((n, layers, 2), np.nan), np.full((n, layers, 2), np.nan)
-    width = int(on_image["top_ids"].shape[2])
-    top = np.full((n, layers, width), -1)
+    top = np.where(batch.image_valid.cpu().numpy()[:, None], on_image["top_ids"][..., 0].numpy(), -1)
+    place = np.full((n, 3, width), -1)  # view, row, column of each slot
+    finest = np.zeros(n, dtype=int)
     for b, (sample, o) in enumerate(zip(samples, objects)):
-        top[b, :, :counts[b]] = on_image["top_ids"][b, :, :counts[b], 0].numpy()
-        side = math.isqrt(counts[b])
-        if o is None or side * side != counts[b]:
+        grid = batch.image_grid[b]
+        place[b, :, :len(grid)] = torch.stack([grid.view, grid.row, grid.col]).numpy()
+        finest[b] = grid.finest()
+        if o is None:
             continue
-        patches = covered_patches(sample.extras["scene"], o, side)
-        ranks[b] = on_image["target_ranks"][b, :, patches].float().median(1).values.numpy()
-        top1[b] = (on_image["top_ids"][b, :, patches, :] == words[b]).float().mean(1).numpy()
-    return {"top": top, "ranks": ranks, "top1": top1, "answer_rank": on_last["target_ranks"][:, :, 0, 0].numpy()}
+        slots = object_slots(model, batch, b, sample)
+        ranks[b] = on_image["target_ranks"][b][:, slots].float().median(1).values.numpy()
+        top1[b] = (on_image["top_ids"][b][:, slots] == words[b]).float().mean(1).numpy()
+    return {"top": top, "place": place, "finest": finest, "ranks": ranks, "top1": top1,
+            "answer_rank": on_last["target_ranks"][:, :, 0, 0].numpy()}
 
 
 def study(model, samples, *, batch_size: int = 16, remote=None, seed: int = 0) -> xr.Dataset:
     from mech.stats import bootstrap_ci
 
     parts = [lens_batch(model, samples[i:i + batch_size], remote) for i in range(0, len(samples), batch_size)]
-    width = max(p["top"].shape[2] for p in parts)
-    top = np.concatenate([np.pad(p["top"], ((0, 0), (0, 0), (0, width - p["top"].shape[2])), constant_values=-1)
-                          for p in parts])
+    width = max(p["top"].shape[-1] for p in parts)
+    top, place = (np.concatenate([np.pad(p[k], ((0, 0), (0, 0), (0, width - p[k].shape[-1])), constant_values=-1)
+                                  for p in parts]) for k in ("top", "place"))
+    finest = np.concatenate([p["finest"] for p in parts])
     ranks, top1 = (np.concatenate([p[k] for p in parts]) for k in ("ranks", "top1"))
     answer = np.concatenate([p["answer_rank"] for p in parts]).astype(float)
     layers = list(range(ranks.shape[1]))
@@ -92,6 +97,8 @@ def study(model, samples, *, batch_size: int = 16, remote=None, seed: int = 0) -
     words = dict(zip(used, model.processor.tokenizer.convert_ids_to_tokens(used)))
     ds = xr.Dataset(
         {"top_token": (("sample", "layer", "image_token"), top),
+         "grid_view": (("sample", "image_token"), place[:, 0]), "grid_row": (("sample", "image_token"), place[:, 1]),
+         "grid_col": (("sample", "image_token"), place[:, 2]), "finest_view": (("sample",), finest),
          "object_rank": (("sample", "layer", "word"), ranks), "object_top1": (("sample", "layer", "word"), top1),
          "answer_rank": (("sample", "layer"), answer),
          **{f"mean_{k}": (("subset", "layer", *(("word",) if v.ndim == 3 else ())), v) for k, v in curves.items()},
@@ -101,6 +108,8 @@ def study(model, samples, *, batch_size: int = 16, remote=None, seed: int = 0) -
                 "bound": ["low", "high"], "question_type": (("sample",), types),
                 "has_object": (("sample",), has_object)})
     ds["top_token"].attrs["long_name"] = "top-1 token id of the logit lens at each image token (-1: padding)"
+    ds["grid_row"].attrs["long_name"] = "the token's row in its view of the image grid (mech.grid; -1: padding)"
+    ds["grid_col"].attrs["long_name"] = "the token's column in its view (-1: a newline token or padding)"
     ds["object_rank"].attrs["long_name"] = ("rank of the object's colour / shape word at its image tokens "
                                             "(median over them; 0 = top token)")
     ds["object_top1"].attrs["long_name"] = "share of the object's image tokens whose top token is the word"
@@ -111,17 +120,21 @@ def study(model, samples, *, batch_size: int = 16, remote=None, seed: int = 0) -
     return ds
 
 
-def _patch_colours(ids, words, side):
-    """An RGB image ``[side, side, 3]`` of top tokens: colour words in their colour, shape
-    words grey (marked), anything else white; and the shape marks ``(row, col, glyph)``."""
+def _patch_colours(ds: xr.Dataset, sample: int, layer: int, words: dict):
+    """An RGB image of the sample's finest view of its image-token grid, each token's cell
+    coloured by its top token (colour words in their colour, shape words grey and marked,
+    anything else white), and the shape marks ``(row, col, glyph)``."""
     from mech.datasets.shapes import COLORS
 
     glyph = {"circle": "o", "square": "s", "triangle": "^"}
-    rgb = np.ones((side, side, 3))
+    view = int(ds["finest_view"][sample])
+    at = (ds["grid_view"].values[sample] == view) & (ds["grid_col"].values[sample] >= 0)
+    rows, cols = ds["grid_row"].values[sample][at], ds["grid_col"].values[sample][at]
+    ids = ds["top_token"].sel(layer=layer).values[sample][at]
+    rgb = np.ones((rows.max() + 1, cols.max() + 1, 3))
     marks = []
-    for j, token in enumerate(ids[:side * side]):
+    for r, c, token in zip(rows, cols, ids):
         word = words.get(str(int(token)), "")
-        r, c = divmod(j, side)
         if word in COLORS:
             rgb[r, c] = np.array(COLORS[word]) / 255
         elif word in glyph:
@@ -142,8 +155,6 @@ def figure(ds: xr.Dataset, samples=None, show_layers=None):
     fig = plt.figure(figsize=(max(2.0 * cols, 7.5), 2.0 * len(examples) + 3.2))
     grid = fig.add_gridspec(len(examples) + 1, cols, height_ratios=[1] * len(examples) + [1.5])
     for row, i in enumerate(examples):
-        top = ds["top_token"].values[i]
-        side = math.isqrt(int((top[0] >= 0).sum()))
         if samples:
             ax = fig.add_subplot(grid[row, 0])
             ax.imshow(samples[i].image)
@@ -151,7 +162,7 @@ def figure(ds: xr.Dataset, samples=None, show_layers=None):
             ax.axis("off")
         for k, layer in enumerate(show):
             ax = fig.add_subplot(grid[row, k + (1 if samples else 0)])
-            rgb, marks = _patch_colours(top[layers.index(layer)], words, side)
+            rgb, marks = _patch_colours(ds, i, layer, words)
             ax.imshow(rgb, interpolation="nearest")
             for r, c, g in marks:
                 ax.text(c, r, g, ha="center", va="center", fontsize=6, color="0.2")

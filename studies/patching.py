@@ -23,7 +23,6 @@ Writes ``patching.nc`` and ``patching.png/.pdf`` (layer x group heat maps) under
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -40,22 +39,29 @@ def first_token(tokenizer, word: str) -> int:
     return tokenizer(word, add_special_tokens=False)["input_ids"][0]
 
 
+def object_slots(model, batch, row: int, sample) -> torch.Tensor:
+    """``[n_image]`` bool over the row's image-layout slots: the tokens whose patches the
+    asked object overlaps (the batch's image grid, `mech.grid`), in every view of the image."""
+    from mech.datasets import asked_object, covered_tokens, object_box
+
+    try:
+        grid = batch.image_grid[row]
+    except ValueError as error:
+        raise cli.UsageError(f"--model {model.source}: where the image tokens sit is not known ({error})") from None
+    covered = covered_tokens(grid.box, object_box(sample.extras["scene"], asked_object(sample)))
+    slots = torch.zeros(batch.image_index.shape[1], dtype=torch.bool)
+    slots[:len(covered)] = covered
+    return slots
+
+
 def group_masks(model, both, pairs) -> dict[str, torch.Tensor]:
     """``{group: [2n, seq] bool}`` on the joined batch (corrupted rows, then clean rows):
     each pair's rows select as many positions, the j-th of one being the j-th of the other."""
-    from mech.datasets import covered_patches
-
     objects = torch.zeros(both.image_mask.shape, dtype=torch.bool)
-    counts = both.image_counts.tolist()
     n = len(pairs)
     for row in range(both.size):
-        side = math.isqrt(counts[row])
-        if side * side != counts[row]:
-            raise cli.UsageError(f"--model {model.source}: the object group needs a square grid of image tokens "
-                                 f"(LLaVA-1.5's layout); a row holds {counts[row]} image tokens")
-        pair = pairs[row % n]
-        patches = covered_patches(pair.clean.extras["scene"], pair.object, side)
-        objects[row, both.image_index[row, patches].cpu()] = True
+        slots = object_slots(model, both, row, pairs[row % n].clean)
+        objects[row, both.image_index[row].cpu()[slots]] = True
     image = both.image_mask.cpu()
     return {"object": objects, "other image": image & ~objects, "image": image,
             "question": both.extras["question"].cpu(), "last": both.last_token.cpu()}

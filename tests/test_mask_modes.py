@@ -7,6 +7,7 @@ import torch
 import mech
 from mech.contrastive import SELECTIONS, selection_weights, slot_keys
 from reference import attention_scale_hooks, hooks, multiplier, normed_hook
+from test_generation_steps import generate
 
 TOL = 1e-5
 NEW = 4
@@ -69,15 +70,15 @@ def test_scale_attention_matches_hooks_at_every_token(model, batch, weight):
     iv = mech.ScaleImage(layer=1, weights=weight, at="attention")
     real = batch.inputs["attention_mask"].bool()
     assert (mech_logits(model, batch, iv) - ref_logits).abs()[real].max() <= TOL
-    ids, _ = mech.stepwise.generate(model, batch, [iv], NEW)
+    ids, _ = generate(model, batch, [iv], NEW)
     assert torch.equal(ids, ref_ids)
     # acting on the prefill only would give other tokens: the decode steps matter
     with torch.no_grad(), model.generate(batch, max_new_tokens=NEW) as tr:
         mech.apply(model, batch, iv)
         prefill_only = tr.result.save()
-    plain, _ = mech.stepwise.generate(model, batch, [], NEW)
+    plain, _ = generate(model, batch, [], NEW)
     assert not torch.equal(ids, plain)
-    assert iv.edits_generation and not mech.ScaleImage(layer=1, weights=0.3).edits_generation
+    assert iv.acts_on_generation and not mech.ScaleImage(layer=1, weights=0.3).acts_on_generation
     del prefill_only
 
 
@@ -138,8 +139,8 @@ def test_contrastive_mask_modes_equal_scaling_by_its_weights(model, batch, mask_
     real = batch.inputs["attention_mask"].bool()
     assert (mech_logits(model, batch, scale) - logits).abs()[real].max() <= TOL
     assert (mech_logits(model, batch) - logits).abs()[real].max() > 1e-4
-    ids, again = mech.stepwise.generate(model, batch, [iv], NEW)
-    ref, _ = mech.stepwise.generate(model, batch, [scale], NEW)
+    ids, again = generate(model, batch, [iv], NEW)
+    ref, _ = generate(model, batch, [scale], NEW)
     assert torch.equal(ids, ref) and torch.equal(again["weights"], result["weights"])
 
 
@@ -153,7 +154,7 @@ def test_attention_mode_through_the_runner_and_remote_local(model):
     assert local.predictions == remote.predictions
     assert [r.extras["weights"] for r in local.records] == [r.extras["weights"] for r in remote.records]
     batch = model.prepare(samples[:2], question_prompt=mech.prompts.question_prompt)
-    ids, _ = mech.stepwise.generate(model, batch, [iv], 3)
+    ids, _ = generate(model, batch, [iv], 3)
     assert local.predictions[:2] == model.decode(torch.cat([batch.inputs["input_ids"], ids], 1), batch)
     for mask_at in ("normed", "attention"):
         one = mech.ContrastiveMask(review=2, rho=0.5, mask_at=mask_at)

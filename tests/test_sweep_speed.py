@@ -156,7 +156,9 @@ def test_bench_quick_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep", "sweep_exact",
-                                      "sweep_32", "memory_capture", "memory_eager", "cache", "patch", "memory_cache"}
+                                      "sweep_32", "memory_capture", "memory_eager", "generate_attention",
+                                      "generate_attention_traces", "generate_capture", "cache", "patch", "memory_cache"}
+    assert result["results"]["generate_attention_traces"]["ids_equal_traces"]
     asked = result["results"]["memory_cache"]["anchor"] * 2**20  # the Cache's own buffer: batch x layers x P x hidden
     assert asked == 2 * 4 * 64 * 64 * 4 + 2 * 64 * 8 + 2 * 64  # and its index (long) and valid (bool) slots
     assert all(row["ratio"] > 0 for row in result["results"].values())

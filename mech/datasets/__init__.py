@@ -10,9 +10,9 @@ copies on the Hugging Face Hub), ``shapes`` (generated) and ``easyvqa``, all on
 from .base import Benchmark
 from .benchmarks import DATASETS, HF_ORGS, BenchmarkInfo, load, register
 from .sample import Sample
-from .shape_pairs import Pair, asked_object, covered_patches, pairs
+from .shape_pairs import Pair, asked_object, covered_tokens, object_box, pairs
 from .shapes import VOCABULARY as SHAPES_VOCABULARY
 from .shapes import shapes
 
 __all__ = ["Sample", "load", "register", "DATASETS", "shapes", "SHAPES_VOCABULARY", "Benchmark", "BenchmarkInfo",
-           "HF_ORGS", "pairs", "Pair", "asked_object", "covered_patches"]
+           "HF_ORGS", "pairs", "Pair", "asked_object", "object_box", "covered_tokens"]

@@ -5,8 +5,8 @@ asked object's colour (``"what color is the circle?"``) or shape (``"what shape 
 the corrupted scene answers differently and differs from the clean one nowhere else (same
 objects, cells, radii and jitter), so whatever patching the clean run's activations into
 the corrupted one restores comes from the asked object. `asked_object` names the object a
-question is about (the answer's object for spatial questions) and `covered_patches` the
-image patches it covers.
+question is about (the answer's object for spatial questions), `object_box` where it is
+drawn and `covered_tokens` the image tokens whose patches it overlaps.
 """
 
 from __future__ import annotations
@@ -57,17 +57,24 @@ def asked_object(sample: Sample) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def covered_patches(scene: Scene, index: int, side: int) -> list[int]:
-    """Row-major indices of the ``side x side`` image patches (of the whole 64 px image)
-    that object ``index``'s bounding box overlaps."""
+def object_box(scene: Scene, index: int) -> tuple[float, float, float, float]:
+    """``(left, top, right, bottom)`` pixels of object ``index``'s drawn extent in the 64 px
+    image (half-open: the pixels ``left <= x < right``)."""
     obj = scene.objects[index]
     dx, dy = (scene.jitter or ((0, 0),) * len(scene.objects))[index]
     cell = IMAGE_SIZE / scene.grid
     cx, cy = (obj.col + 0.5) * cell + dx, (obj.row + 0.5) * cell + dy
-    patch = IMAGE_SIZE / side
-    lo = lambda c: max(int((c - obj.radius) // patch), 0)  # noqa: E731
-    hi = lambda c: min(int((c + obj.radius - 1) // patch), side - 1)  # noqa: E731
-    return [r * side + c for r in range(lo(cy), hi(cy) + 1) for c in range(lo(cx), hi(cx) + 1)]
+    return (cx - obj.radius, cy - obj.radius, cx + obj.radius, cy + obj.radius)
+
+
+def covered_tokens(token_boxes, box) -> "torch.Tensor":
+    """``[n]`` bool: which image tokens' boxes (``[n, 4]`` image pixels, a batch row's
+    `mech.grid.ImageGrid.box`; NaN for newline tokens) overlap ``box``."""
+    import torch
+
+    boxes = torch.as_tensor(token_boxes, dtype=torch.float64)
+    left, top, right, bottom = box
+    return (boxes[:, 0] < right) & (boxes[:, 2] > left) & (boxes[:, 1] < bottom) & (boxes[:, 3] > top)
 
 
 def pairs(split: str = "test", n: int = 100, seed: int = 0, types: tuple[str, ...] = ("color", "shape")) -> list[Pair]:

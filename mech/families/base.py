@@ -130,7 +130,7 @@ class Family:
 
     def last_position(self, model, batch) -> torch.Tensor:
         """``[batch, 1]`` position id of each row's last prompt token; the k-th generated
-        token of a row is at it + k (`mech.stepwise`, `mech.dola` pass these)."""
+        token of a row is at it + k (`mech.dola` passes these)."""
         return batch.inputs["position_ids"][:, -1:]
 
     def text_inputs(self, inputs: dict) -> dict:
@@ -147,3 +147,22 @@ class Family:
 
         batch = model.prepare(questions=["?"], images=[Image.new("RGB", (width, height))])
         return int(batch.image_counts[0])
+
+    # -- where image tokens sit in the image (mech.grid) ---------------------------
+
+    def image_views(self, model, size: tuple[int, int], inputs: dict, index: int, row_images: int = 1) -> list:
+        """The `mech.grid.View` list image ``index`` of a batch becomes (``size``: its
+        original ``(height, width)``; ``inputs``: the processor's outputs for the batch;
+        ``row_images``: how many images its prompt holds).
+
+        LLaVA-1.5's: the processor resizes (shortest edge) and centre-crops to the tower's
+        input; the tower's patches, one token each, cover the crop.
+        """
+        from ..grid import View, resized, resized_box
+
+        ip, vision = model.processor.image_processor, model.config.vision_config
+        h, w = size
+        rh, rw = resized(ip.size, h, w) if ip.do_resize else (h, w)
+        ch, cw = (ip.crop_size.height, ip.crop_size.width) if ip.do_center_crop else (rh, rw)
+        side = vision.image_size // vision.patch_size
+        return [View("image", side, side, resized_box(((rh - ch) // 2, (rw - cw) // 2), (rh / h, rw / w), (ch, cw)))]

@@ -42,6 +42,17 @@ class Gemma3(Family):
             start += n
         return nested
 
+    def image_views(self, model, size, inputs, index, row_images=1):
+        """One view: the whole image resized to the tower's square, its patches average-pooled
+        to ``mm_tokens_per_image`` soft tokens, row-major. Pan-and-scan crops are not mapped."""
+        from ..grid import View
+
+        if getattr(model.processor.image_processor, "do_pan_and_scan", False):
+            raise ValueError("image grids do not map Gemma 3's pan-and-scan crops: prepare batches with the "
+                             "image processor's do_pan_and_scan=False (its default)")
+        side = int(round(model.config.mm_tokens_per_image ** 0.5))
+        return [View("image", side, side, (0.0, 0.0, float(size[1]), float(size[0])))]
+
 
 GEMMA3 = Gemma3("gemma3", "Gemma3ForConditionalGeneration", "gemma3",
                 hub_ids=("google/gemma-3-4b-it", "google/gemma-3-12b-it"))

@@ -33,6 +33,14 @@ class Qwen2VL(Family):
             image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])
         return positions[0, :, -1:]
 
+    def image_views(self, model, size, inputs, index, row_images=1):
+        """One view: the whole image, resized to the processor's ``image_grid_thw`` patches
+        (no crop, no padding), one token per ``merge x merge`` patches, row-major."""
+        from ..grid import View
+
+        _, rows, cols = (int(x) for x in inputs["image_grid_thw"][index])
+        merge = model.config.vision_config.spatial_merge_size
+        return [View("image", rows // merge, cols // merge, (0.0, 0.0, float(size[1]), float(size[0])))]
 
 
 QWEN2_VL = Qwen2VL("qwen2-vl", "Qwen2VLForConditionalGeneration", "qwen2_vl",

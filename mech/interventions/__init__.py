@@ -1,7 +1,7 @@
 """The primitives that act inside one nnsight trace or generate, one per module.
 
-* `base`: hook sites, `Step`, `apply` (steps of any interventions merged into model order),
-  the `Intervention` base;
+* `base`: hook sites, `Step`, `apply` (steps of any interventions merged into model order,
+  on the prefill and, in a generate, on every generation step), the `Intervention` base;
 * `masks`: the mask arithmetic the editing primitives share;
 * `scale`: `ScaleImage`, `ZeroImage` (layer-wise zero-masking);
 * `knockout`: `Knockout`;
@@ -12,7 +12,8 @@
 * `lens`: `LogitLens`.
 """
 
-from .base import LOCATIONS, SITES, Intervention, Step, apply, apply_decode, check_location, run_steps
+from .base import (LOCATIONS, SITES, Intervention, Step, apply, check_location, generation_eos, generation_steps,
+                   run_steps)
 from .cache import Cache
 from .capture import CaptureImageAttention, capture_steps, check_method
 from .contrastive_mask import DEFAULT_MASK_AT, MASK_AT, REVIEW_DEPTH, REVIEW_FROM_END, ContrastiveMask, default_review_layer
@@ -29,7 +30,7 @@ for _cls in (Intervention, ScaleImage, ZeroImage, Knockout, CaptureImageAttentio
     _cls.__module__ = __name__
 del _cls
 
-__all__ = ["apply", "apply_decode", "run_steps", "Intervention", "Step", "SITES", "LOCATIONS", "check_location",
+__all__ = ["apply", "generation_steps", "generation_eos", "run_steps", "Intervention", "Step", "SITES", "LOCATIONS", "check_location",
            "ScaleImage", "ZeroImage", "Knockout", "QUERIES", "CaptureImageAttention", "capture_steps",
            "check_method", "ContrastiveMask", "default_review_layer", "MASK_AT", "DEFAULT_MASK_AT",
            "REVIEW_DEPTH", "REVIEW_FROM_END", "image_multiplier", "suppress_keys", "key_weights",

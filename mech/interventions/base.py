@@ -1,4 +1,4 @@
-"""Interventions that act inside one nnsight trace or generate (prefill only).
+"""Interventions that act inside one nnsight trace or generate.
 
 Each intervention is a small dataclass that lists its *steps*: (decoder layer, hook
 site, function). `apply` merges the steps of any number of interventions into model
@@ -18,7 +18,7 @@ those of decoder layer L (`mech.hooks` names the ones a user reads and patches):
                          projector's image embeddings at the image tokens)
 * ``input``              the hidden states entering layer L ``[batch, seq, hidden]``
 * ``normed``             the output of L's input RMSNorm, which feeds q/k/v ``[batch, seq, hidden]``
-* ``attention_inputs``   the self-attention call's ``(args, kwargs)`` (mask, rotary)
+* ``attention_inputs``   the self-attention call's ``(args, kwargs)`` (mask, rotary, KV cache)
 * ``query_key``          ``(q, k)`` as the scores use them before rotary ``[batch, seq, heads * head_dim]``
                          (the projections; Gemma 3's ``q_norm``/``k_norm`` outputs)
 * ``attn.z``             the output projection's input ``[batch, seq, heads * head_dim]``
@@ -30,13 +30,24 @@ those of decoder layer L (`mech.hooks` names the ones a user reads and patches):
 At one site, steps that edit run before steps that only observe (attention capture reads
 the mask an attention edit left), so what is captured is what the layer computed.
 
-Interventions act on the prefill. Those that edit attention toward image tokens
-(``ScaleImage(at="attention")``, ``ContrastiveMask(mask_at="attention")``) also list
-``decode_steps`` for every later forward of a generation; `mech.run` and
-`mech.stepwise.generate` apply them at every generated token.
+Generation steps. Step 0 of a generation is the prefill (the only forward that holds the
+image tokens), step s >= 1 the forward that takes generated token s - 1 and produces token
+s. Interventions act on the prefill; those that also act on later steps
+(``ScaleImage(at="attention")``, ``ContrastiveMask(mask_at="attention")``,
+``CaptureImageAttention(query="generated")``: `Intervention.acts_on_generation`) list
+``decode_steps`` for each. Given the generate's ``max_new_tokens``, `apply` runs them on
+every step inside the same ``model.generate``, on nnsight's own step iteration
+(``tracer.iter``), and stops where the generation stops (every row at EOS, or the
+cap)::
+
+    with model.generate(batch, max_new_tokens=8) as tr:
+        attention = mech.apply(model, batch, mech.CaptureImageAttention(layers=[2], query="generated"),
+                               max_new_tokens=8)
+        ids = tr.result.save()
 
 Everything inside runs as torch ops and mech functions, so it ships unchanged to an
-NDIF server with ``remote=``.
+NDIF server with ``remote=``, and a generation with per-step edits and captures is one
+request: the KV cache stays on the server, only saved results come back.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import nnsight
+import torch
 
 from ..batch import Batch
 
@@ -102,22 +114,45 @@ def write_site(model, layer: int, site: str, value) -> None:
         setattr(envoy, slot, (*whole[:element], value, *whole[element + 1:]))
 
 
-def apply(model, batch: Batch, *interventions: "Intervention"):
+def apply(model, batch: Batch, *interventions: "Intervention", max_new_tokens: int | None = None):
     """Run interventions inside the current trace; returns one result per intervention.
 
     A single intervention returns its result alone. Results are dicts of saved tensors
     (empty for pure edits), so they come back from remote runs too.
+
+    ``max_new_tokens``: inside ``model.generate``, the generate's own; interventions that
+    act on generated tokens (`Intervention.acts_on_generation`) then act on every step
+    of it (`generation_steps`). Without it (a ``model.trace``, or prefill-only
+    interventions) they act on the one forward or the prefill. It must be the generate's:
+    a smaller one leaves the last steps unedited, a larger one asks for a step the run
+    never makes (nnsight then warns that the loop outran it, and what follows in the
+    block does not run).
     """
+    check_new_tokens(max_new_tokens)
     for intervention in interventions:
         intervention.validate(model)
     results = [dict() for _ in interventions]
     run_steps(model, [s for iv, r in zip(interventions, results) for s in iv.steps(model, batch, r)])
+    later = [(iv, r) for iv, r in zip(interventions, results) if iv.acts_on_generation]
+    generating = None
+    if later and max_new_tokens is not None and max_new_tokens > 1:
+        generating = generation_steps(model, batch, later, max_new_tokens)
+    for intervention, result in zip(interventions, results):
+        intervention.finish(batch, result, generating)
     for result in results:  # every level is saved so that unpacking keeps it too
         for value in result.values():
             nnsight.save(value)
         nnsight.save(result)
     out = results[0] if len(results) == 1 else tuple(results)
     return nnsight.save(out)
+
+
+def check_new_tokens(max_new_tokens) -> None:
+    if max_new_tokens is None:
+        return
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: pass the generate's own max_new_tokens, an "
+                         "integer >= 1 (or leave it out in a trace)")
 
 
 def run_steps(model, steps: Sequence[Step]) -> None:
@@ -136,37 +171,72 @@ def run_steps(model, steps: Sequence[Step]) -> None:
             write_site(model, layer, site, value)
 
 
-def apply_decode(model, batch: Batch, interventions: Sequence["Intervention"], results) -> None:
-    """Inside the trace of one forward after the prefill: the interventions' `decode_steps`,
-    given what `apply` returned for the prefill."""
-    results = [results] if len(interventions) == 1 else list(results)
-    run_steps(model, [s for iv, r in zip(interventions, results) for s in iv.decode_steps(model, batch, r)])
+def generation_eos(model) -> torch.Tensor:
+    """The ids at which ``model.generate`` ends a row: its generation config's EOS (mech's
+    ``Model.generate`` passes no ``eos_token_id`` of its own)."""
+    eos = model.nn._module.generation_config.eos_token_id
+    return torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
+
+
+def generation_steps(model, batch: Batch, acting, max_new_tokens: int) -> torch.Tensor:
+    """Inside ``model.generate``, after the prefill's steps: each ``(intervention, result)``
+    of ``acting`` runs its `decode_steps` on generation steps 1 .. ``max_new_tokens - 1``.
+
+    On nnsight's step iteration (``tracer.iter``): step s first reads the token step s - 1
+    chose (``generate``'s streamer, which receives the prompt and then each step's tokens,
+    finished rows already padded), ends the loop when every row has reached EOS, as
+    ``generate`` does, and then runs the steps, which bind to forward s. Nothing leaves the
+    worker, so on a server all of it is one request.
+
+    Returns ``[batch, steps]`` bool: whether each row was still generating at each step
+    that ran (step 0 included; a row's EOS step counts, the padding after it does not).
+    """
+    from nnsight.intervention.iterator import Iterations
+
+    eos = generation_eos(model)
+    streamer = model.nn.generator.streamer
+    finished = torch.zeros(batch.size, dtype=torch.bool)
+    generating = [~finished]
+    for step in Iterations()[1:max_new_tokens]:  # tracer.iter[1:max_new_tokens]
+        token = streamer.input  # [batch], chosen at step - 1
+        finished = finished | torch.isin(token.cpu().flatten(), eos)
+        if bool(finished.all()):
+            break
+        generating.append(~finished)
+        run_steps(model, [s for iv, r in acting for s in iv.decode_steps(model, batch, r, step)])
+    return torch.stack(generating, 1)
 
 
 class Intervention:
-    """Base: subclasses define ``steps`` and ``validate`` (and ``decode_steps`` if they act
-    on the forwards after the prefill)."""
+    """Base: subclasses define ``steps`` and ``validate``; those that act on the forwards
+    after the prefill also ``decode_steps`` and ``acts_on_generation``, and those whose
+    result grows with the steps ``finish``."""
 
     def steps(self, model, batch: Batch, result: dict) -> list[Step]:
         raise NotImplementedError
 
-    def decode_steps(self, model, batch: Batch, result: dict) -> list[Step]:
-        """Steps for each forward after the prefill of a generation (one new token each),
-        given the prefill's ``result``. Most interventions act on the prefill only."""
+    def decode_steps(self, model, batch: Batch, result: dict, step: int) -> list[Step]:
+        """Steps for generation step ``step`` >= 1 (one new token per row), given what the
+        prefill and earlier steps left in ``result``. Most interventions act on the
+        prefill only."""
         return []
 
     @property
-    def edits_generation(self) -> bool:
-        """True if `decode_steps` acts: generation must then run one traced forward per
-        token (`mech.stepwise.generate`), not ``model.generate``."""
+    def acts_on_generation(self) -> bool:
+        """True if `decode_steps` acts: inside ``model.generate`` `apply` then runs it on
+        every step (given ``max_new_tokens``)."""
         return False
+
+    def finish(self, batch: Batch, result: dict, generating) -> None:
+        """After the last step: ``generating`` is `generation_steps`' ``[batch, steps]``
+        mask, or None when only the prefill (or one forward) ran."""
 
     def validate(self, model) -> None:
         pass
 
-    def apply(self, model, batch: Batch):
-        """Shorthand for ``mech.apply(model, batch, self)``."""
-        return apply(model, batch, self)
+    def apply(self, model, batch: Batch, **options):
+        """Shorthand for ``mech.apply(model, batch, self, **options)``."""
+        return apply(model, batch, self, **options)
 
 
 def check_location(at: str, name: str = "at") -> None:

@@ -62,8 +62,8 @@ class ContrastiveMask(Intervention):
       stream is not.
     * ``"attention"``: the attention every query gives the masked tokens, at the review
       layer and every later one, is multiplied by λ before normalisation (log λ added to
-      the logits); λ = 0 removes them. It acts at every generated token (`decode_steps`;
-      `mech.run` and `mech.stepwise.generate` apply them).
+      the logits); λ = 0 removes them. It acts at every generated token (`decode_steps`:
+      `mech.run`, and `mech.apply` given ``max_new_tokens`` inside ``model.generate``).
 
     ``select``: which tokens are scaled (`mech.contrastive.SELECTIONS`): the method
     (``"contrastive"``) or a control that scales as many tokens per sample by another
@@ -116,7 +116,7 @@ class ContrastiveMask(Intervention):
             raise ValueError(f"seed={self.seed!r}: must be an integer >= 0")
 
     @property
-    def edits_generation(self) -> bool:
+    def acts_on_generation(self) -> bool:
         return self.mask_at == "attention"
 
     def steps(self, model, batch, result):
@@ -147,7 +147,7 @@ class ContrastiveMask(Intervention):
 
         return steps + [Step(review, self.mask_at, scale)]
 
-    def decode_steps(self, model, batch, result):
+    def decode_steps(self, model, batch, result, step):
         if self.mask_at != "attention":
             return []
         review = self.layers_for(model)[0]

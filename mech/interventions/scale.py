@@ -52,21 +52,22 @@ class ScaleImage(Intervention):
 
     def steps(self, model, batch, result):
         if self.at == "attention":
-            return self.decode_steps(model, batch, result)
+            return self.attention_steps(model, batch)
 
         def scale(hidden, _):
             return hidden * image_multiplier(batch, self.weights, hidden)
         return [Step(self.layer, self.at, scale)]
 
     @property
-    def edits_generation(self) -> bool:
+    def acts_on_generation(self) -> bool:
         return self.at == "attention"
 
-    def decode_steps(self, model, batch, result):
-        if self.at != "attention":
-            return []
+    def attention_steps(self, model, batch):
         suppress = suppress_keys(batch, self.weights)
         return [Step(layer, "attention_inputs", suppress) for layer in range(self.layer, model.n_layers)]
+
+    def decode_steps(self, model, batch, result, step):
+        return self.attention_steps(model, batch) if self.at == "attention" else []
 
 
 @dataclass(frozen=True)

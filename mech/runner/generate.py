@@ -1,6 +1,6 @@
-"""One batch of a run: prepared, generated under the run's interventions (or its decoder, or
-one traced forward per token where an edit acts on every generated token), timed around
-generate only, and turned into records."""
+"""One batch of a run: prepared, generated under the run's interventions (in one
+``model.generate``, every generation step included where an intervention acts on them) or
+by its decoder, timed around generate only, and turned into records."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import warnings
 
 import torch
 
-from .. import stepwise
 from ..interventions import apply
 from ..results import Record
 from .records import split_results
@@ -41,13 +40,11 @@ def run_batch(model, samples, job, remote=False, decoder=None) -> list[Record]:
         start = time.perf_counter()
         if decoder is not None:
             new, decoded = decoder.generate(model, batch, cap, samples)
-        elif stepwise.edits_generation(interventions):  # acts on every generated token
-            new, results = stepwise.generate(model, batch, interventions, cap, remote=remote)
-        else:
+        else:  # one request with remote=, whatever acts on the generation steps
             options = {"remote": remote} if remote else {}
             with model.generate(batch, max_new_tokens=cap, **options) as tracer:
                 if interventions:
-                    results = apply(model, batch, *interventions)
+                    results = apply(model, batch, *interventions, max_new_tokens=cap)
                 ids = tracer.result.save()
             new = ids[:, batch.seq_len:]
         if new.device.type == "cuda":

@@ -20,6 +20,10 @@ OUTPUT = "whole continuation, special tokens skipped, stripped"
 PER_IMAGE = {"ContrastiveMask": {"scores", "weights"}, "CaptureImageAttention": None}
 # Results that are the same for every sample (not along the batch dim) are not extras.
 RUN_CONSTANTS = {"ContrastiveMask": {"candidates"}}
+# A result that holds this key ([batch]: the generation steps each row took part in) has
+# every other value along dim 1 per step ([batch, step, ...]): each sample's extras keep
+# its own steps only (`CaptureImageAttention(query="generated")`).
+STEPS = "steps"
 
 
 def score_prediction(sample, prediction: str, protocol: str) -> tuple[dict[str, float], float | None]:
@@ -51,7 +55,8 @@ def build_records(model, samples, new, seconds, per_sample, caps, protocol, timi
 
 def split_results(interventions, results, batch, keep) -> list[dict]:
     """Per-sample extras from ``mech.apply``'s results: tensors along the batch dim, as
-    plain Python values; per-image-token ones trimmed to the sample's own tokens."""
+    plain Python values; per-image-token ones trimmed to the sample's own tokens, per-step
+    ones (a result with `STEPS`) to the sample's own steps: a list per step."""
     rows = [dict() for _ in range(batch.size)]
     if not interventions or keep is False:
         return rows
@@ -62,6 +67,7 @@ def split_results(interventions, results, batch, keep) -> list[dict]:
     for i, (name, result) in enumerate(zip(names, results)):
         prefix = "" if len(names) == 1 else (f"{name}." if names.count(name) == 1 else f"{name}[{i}].")
         per_image = PER_IMAGE.get(name, ...)
+        steps = result.get(STEPS)
         for key, value in result.items():
             label = prefix + (f"layer{key}" if isinstance(key, int) else str(key))
             if key in RUN_CONSTANTS.get(name, ()) or (keep is not True and label not in keep):
@@ -69,10 +75,14 @@ def split_results(interventions, results, batch, keep) -> list[dict]:
             if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch.size:
                 continue
             value = value.detach().cpu()
-            if per_image is ...:
-                trim = value.dim() >= 2 and value.shape[-1] == n_image
+            per_step = steps is not None and key != STEPS
+            if key == STEPS:
+                trim = False
+            elif per_image is ...:
+                trim = value.dim() >= 2 + per_step and value.shape[-1] == n_image
             else:
                 trim = per_image is None or key in per_image
             for b in range(batch.size):
-                rows[b][label] = (value[b, ..., :counts[b]] if trim else value[b]).tolist()
+                row = value[b, :int(steps[b])] if per_step else value[b]
+                rows[b][label] = (row[..., :counts[b]] if trim else row).tolist()
     return rows
