@@ -10,6 +10,9 @@ the last bits that a different amount of left padding moves).
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+
 import torch
 
 from .batch import Batch
@@ -36,9 +39,9 @@ def _stack(values: list[torch.Tensor]) -> torch.Tensor:
 def join(model, *batches: Batch) -> Batch:
     """One `Batch` holding the rows of ``batches`` in order, left-padded together.
 
-    ``extras["parts"]`` is each part's ``(first row, rows)`` and ``extras["joined"]`` the
-    parts themselves, so `mech.Patch(source=part)` finds its rows. Inputs equal what
-    ``model.prepare`` gives for all the rows at once.
+    ``extras["parts"]`` is each part's ``(first row, rows, name)``; the name is also put in
+    the part's own ``extras["part"]``, so `mech.Patch(source=part)` finds its rows. Inputs
+    equal what ``model.prepare`` gives for all the rows at once.
     """
     if len(batches) < 2:
         raise ValueError(f"join takes two or more batches, got {len(batches)}")
@@ -66,7 +69,9 @@ def join(model, *batches: Batch) -> Batch:
     reasons = [g for g in grids if g is None or isinstance(g, str)]
     joined.grids = reasons[0] if reasons else [g for part in grids for g in part]
     starts = torch.tensor([0] + [b.size for b in batches]).cumsum(0).tolist()
-    joined.extras.update(parts=tuple(zip(starts[:-1], [b.size for b in batches])), joined=batches)
+    for b in batches:  # a name for each part, so that its rows are found without shipping it
+        b.extras.setdefault("part", secrets.token_hex(8))
+    joined.extras["parts"] = tuple((start, b.size, b.extras["part"]) for start, b in zip(starts, batches))
     questions = [b.extras.get("question") for b in batches]
     if all(q is not None for q in questions):
         joined.extras["question"] = torch.cat([_left_pad(q.cpu(), seq, False) for q in questions])
@@ -75,9 +80,22 @@ def join(model, *batches: Batch) -> Batch:
     return joined.to(model.device)
 
 
-def part_rows(batch: Batch, part: Batch) -> range | None:
-    """The rows ``part`` occupies in ``batch`` (a `join` of it), or None."""
-    for (start, size), b in zip(batch.extras.get("parts", ()), batch.extras.get("joined", ())):
-        if b is part:
+@dataclass(frozen=True)
+class Part:
+    """A joined part by its name alone: what a `mech.Patch` ships instead of the batch."""
+
+    key: str
+
+
+def part_key(part) -> str | None:
+    """The name `join` gave ``part`` (a `Batch` or a `Part`), or None."""
+    return part.key if isinstance(part, Part) else part.extras.get("part")
+
+
+def part_rows(batch: Batch, part) -> range | None:
+    """The rows ``part`` (a `Batch` or its `Part`) occupies in ``batch`` (a `join` of it), or None."""
+    key = part_key(part)
+    for start, size, name in batch.extras.get("parts", ()):
+        if key is not None and name == key:
             return range(start, start + size)
     return None

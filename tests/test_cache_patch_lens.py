@@ -214,6 +214,11 @@ def test_remote_local_equals_local(model, batch, source):
                      mech.LogitLens(positions="last", top_k=2, targets=[3, 4])]
     local, logits = run(model, both, interventions, "trace")
     remote, remote_logits = run(model, both, interventions, "remote")
+    import cloudpickle  # the patch ships the source's name, not a second copy of its inputs
+    from mech.join import Part
+
+    by_name = mech.Patch("resid_pre", layers=[1], positions="image", source=Part(source.extras["part"]))
+    assert cloudpickle.dumps(interventions[0]) == cloudpickle.dumps(by_name)
     assert torch.equal(logits, remote_logits)
     for got, want in zip(remote, local):
         assert got.keys() == want.keys()

@@ -25,7 +25,7 @@ import torch
 from .. import positions as pos
 from ..batch import Batch
 from ..hooks import hook_point
-from ..join import part_rows
+from ..join import Part, part_rows
 from .base import Intervention, Step
 from .cache import check_image_embeds, layer_list
 
@@ -69,15 +69,21 @@ class Patch(Intervention):
             if self.name not in self.source or "valid" not in self.source:
                 raise ValueError(f"Patch(source=...) holds no {self.name!r}: give the result of "
                                  f"mech.Cache({self.name!r}, ...) or a joined Batch")
-        elif not isinstance(self.source, Batch):
+        elif not isinstance(self.source, (Batch, Part)):
             raise ValueError(f"Patch(source={type(self.source).__name__}): give a Batch joined into the traced one "
                              "(mech.join(model, target, source)) or a mech.Cache result")
 
+    def __getstate__(self):
+        # A remote trace ships the intervention: a joined part travels as its name (the
+        # traced batch holds its rows), not as a second copy of its inputs.
+        return {k: Part(v.extras["part"]) if isinstance(v, Batch) and "part" in v.extras else v
+                for k, v in self.__dict__.items()}
+
     def rows(self, batch: Batch) -> tuple[range, range | None]:
         """``(target rows, source rows)`` in ``batch``; source rows are None for a cache."""
-        parts = [range(s, s + n) for s, n in batch.extras.get("parts", ())]
+        parts = [range(s, s + n) for s, n, _ in batch.extras.get("parts", ())]
         source = None
-        if isinstance(self.source, Batch):
+        if isinstance(self.source, (Batch, Part)):
             source = part_rows(batch, self.source)
             if source is None:
                 raise ValueError("Patch(source=batch): that batch is not part of the traced one; trace "
