@@ -92,10 +92,11 @@ def other_load() -> str:
     return f"mech.zoo.train running (pid {', '.join(found)})" if found else "none seen"
 
 
-def analysis_rows(model, batch, config, reps: int, threads: int, memory_reps: int, report) -> None:
+def analysis_rows(model, batch, config, reps: int, threads: int, memory_reps: int, report, judge: bool = True) -> None:
     """Cache of the image-token residual stream at every layer vs a plain forward (time, and
-    the peak memory it adds against the bytes it was asked for); Patch of the image tokens at
-    the capture layers, target and source in one forward, vs two plain forwards."""
+    the peak memory it adds against the bytes it was asked for; judged runs only: two more
+    fresh processes); Patch of the image tokens at the capture layers, target and source in
+    one forward, vs two plain forwards."""
     import mech
 
     plain = lambda: plain_forward(model, batch)  # noqa: E731
@@ -107,6 +108,8 @@ def analysis_rows(model, batch, config, reps: int, threads: int, memory_reps: in
     report("patch", f"Patch of the image tokens at {len(layers)} layers, target and source in one forward, vs "
            "two plain forwards [s]", interleaved(lambda: patch(model, joined, source, layers),
                                                 lambda: two_plain_forwards(model, batch, source), reps))
+    if not judge:
+        return
     runs = {p: [] for p in ("plain", "cache")}
     for _ in range(memory_reps):
         for path in runs:
@@ -155,7 +158,7 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
 
     log(f"{'measure':<70} {'toolkit':>10} {'anchor':>10} {'ratio':>7}  target")
     if only == "analysis":
-        analysis_rows(model, batch, config, reps, threads, memory_reps, report)
+        analysis_rows(model, batch, config, reps, threads, memory_reps, report, judge)
         return rows
     plain = lambda: plain_forward(model, batch)  # noqa: E731
     report("trace", "nnsight trace, no intervention vs plain forward [s]",
@@ -186,7 +189,7 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
     report("generate_attention_traces", "attention-mode edit, one generate vs one trace per token [s]", row)
     report("generate_capture", f"per-token image-attention capture at {len(layers)} layers vs plain generate [s]",
            interleaved(lambda: generated(model, batch, new_tokens, per_token), plain_generate, reps))
-    analysis_rows(model, batch, config, reps, threads, memory_reps, report)
+    analysis_rows(model, batch, config, reps, threads, memory_reps, report, judge)
     # The sweep as a study runs it: batch after batch, one run's image-row templates.
     n_batches = 2 if not judge else SWEEP_BATCHES
     many = sweeps.batches(model, config, n_batches)
