@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mech
-from hook_reference import NAMES, decoder_layers, hook, lens, positions, record, two_pass_patch
+from hook_reference import NAMES, decoder_layers, lens, positions, record, two_pass_patch
 from reference import hooks, multiplier, scale_hook
 from tiny_models import QUESTIONS, random_images
 

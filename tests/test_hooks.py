@@ -47,7 +47,7 @@ def test_joined_batches_equal_one_prepare_and_questions_are_found(model):
     for row, question in enumerate(questions):
         ids = together.inputs["input_ids"][row][together.extras["question"][row]]
         assert tokenizer.decode(ids).replace(" ", "") == question.replace(" ", "")
-    index, valid = mech.positions.select(together, "question")
+    _, valid = mech.positions.select(together, "question")
     assert valid.sum(-1).tolist() == together.extras["question"].sum(-1).tolist()
 
 
@@ -60,9 +60,9 @@ def llava():
 
 
 def test_positions_by_name_index_and_mask(llava):
-    model, batch = llava
+    _, batch = llava
     lengths = batch.inputs["attention_mask"].sum(-1)
-    index, valid = mech.positions.select(batch, [0, -1])
+    index, _ = mech.positions.select(batch, [0, -1])
     assert index[:, 1].tolist() == [batch.seq_len - 1] * 3
     assert index[:, 0].tolist() == (batch.seq_len - lengths).tolist()  # each row's first token
     text = mech.positions.mask(batch, "text")

@@ -67,7 +67,7 @@ def object_box(scene: Scene, index: int) -> tuple[float, float, float, float]:
     return (cx - obj.radius, cy - obj.radius, cx + obj.radius, cy + obj.radius)
 
 
-def covered_tokens(token_boxes, box) -> "torch.Tensor":
+def covered_tokens(token_boxes, box):
     """``[n]`` bool: which image tokens' boxes (``[n, 4]`` image pixels, a batch row's
     `mech.grid.ImageGrid.box`; NaN for newline tokens) overlap ``box``."""
     import torch

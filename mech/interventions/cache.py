@@ -56,7 +56,7 @@ def pattern_steps(model, batch: Batch, layers, index, valid, store) -> list[Step
     steps = []
     for i, layer in enumerate(layers):
         def inputs(call, state):
-            args, kwargs = call
+            _, kwargs = call
             state["rotary"], state["mask"] = kwargs["position_embeddings"], kwargs.get("attention_mask")
 
         def rows(qk, state, i=i, layer=layer):
