@@ -4,6 +4,8 @@
     python -m bench --quick               # smoke run on a small model (seconds); no targets judged
     python -m bench --out bench/results.json --threads 1 --reps 5
 
+    python -m bench --only analysis       # the Cache and Patch rows alone
+
 Each timing benchmark runs the toolkit path (A) and its anchor (B) interleaved,
 A B A B ..., after one warm-up of each, and reports both medians and the ratio
 median(A) / median(B). Peak memory is measured in a fresh subprocess per path (CPU: peak
@@ -41,7 +43,8 @@ import torch
 from . import sweep as sweeps
 from .harness import FULL, QUICK, SWEEP32, build, device, interleaved
 from .memory import memory
-from .paths import capture, contrastive, generated, per_token_traces, plain_forward, traced
+from .paths import (cache_image_residuals, capture, contrastive, generated, patch, per_token_traces,
+                    plain_forward, source_batch, traced, two_plain_forwards)
 
 # (name, measure, target or None)
 TARGETS = {
@@ -50,7 +53,12 @@ TARGETS = {
     "memory_capture": 1.05, "memory_eager": None, "trace": 1.03,
     # every generation step inside one model.generate (nnsight's step iteration)
     "generate_attention": 1.05, "generate_attention_traces": None, "generate_capture": 1.10,
+    "cache": 1.05, "patch": 1.05, "memory_cache": 1.10,  # memory_cache: within 10% of the asked bytes, both ways
 }
+# A fixed mmap threshold: every large tensor is its own mapping, returned when freed, so the
+# peak RSS follows the live tensors (glibc's moving threshold otherwise keeps freed blocks on
+# the heap and moves a peak by 10-20 MiB between processes: more than the cache row measures).
+EXACT_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 SWEEP_BATCHES = 8
 EXACT_REPS = 3  # pairs of the bitwise sweep row (see run_suite)
 
@@ -84,8 +92,43 @@ def other_load() -> str:
     return f"mech.zoo.train running (pid {', '.join(found)})" if found else "none seen"
 
 
+def analysis_rows(model, batch, config, reps: int, threads: int, memory_reps: int, report, judge: bool = True) -> None:
+    """Cache of the image-token residual stream at every layer vs a plain forward (time, and
+    the peak memory it adds against the bytes it was asked for; judged runs only: two more
+    fresh processes); Patch of the image tokens at the capture layers, target and source in
+    one forward, vs two plain forwards."""
+    import mech
+
+    plain = lambda: plain_forward(model, batch)  # noqa: E731
+    report("cache", f"Cache of the image-token residual stream at all {model.n_layers} layers vs plain forward [s]",
+           interleaved(lambda: cache_image_residuals(model, batch), plain, reps))
+    source = source_batch(model, batch)
+    joined = mech.join(model, batch, source)
+    layers = config["capture_layers"]
+    report("patch", f"Patch of the image tokens at {len(layers)} layers, target and source in one forward, vs "
+           "two plain forwards [s]", interleaved(lambda: patch(model, joined, source, layers),
+                                                lambda: two_plain_forwards(model, batch, source), reps))
+    if not judge:
+        return
+    runs = {p: [] for p in ("plain", "cache")}
+    for _ in range(memory_reps):
+        for path in runs:
+            runs[path].append(memory(path, config, threads, EXACT_RSS))
+    extra = [c["peak_above_loaded_bytes"] - p["peak_above_loaded_bytes"] for c, p in zip(runs["cache"], runs["plain"])]
+    asked = runs["cache"][0]["result_bytes"]
+    ratios = [e / asked for e in extra]
+    row = {"toolkit": statistics.median(extra) / 2**20, "anchor": asked / 2**20,
+           "ratio": statistics.median(extra) / asked, "pair_ratio_median": statistics.median(ratios),
+           "pair_ratio_min": min(ratios), "pair_ratio_max": max(ratios), "toolkit_detail": runs["cache"],
+           "anchor_detail": runs["plain"], "target_text": "0.90 .. 1.10"}
+    report("memory_cache", "peak memory the Cache adds over a plain forward vs the tensors it was asked for [MiB]",
+           row)
+    if row["passed"] is not None:
+        row["passed"] = bool(0.9 <= row["ratio"] <= 1.1)
+
+
 def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print, judge: bool = True,
-              memory_reps: int = 3) -> dict:
+              memory_reps: int = 3, only: str | None = None) -> dict:
     import mech
 
     model, batch = build(config)
@@ -114,6 +157,9 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
                f", logits within {result['max_logit_difference_vs_naive']:.1e}"))
 
     log(f"{'measure':<70} {'toolkit':>10} {'anchor':>10} {'ratio':>7}  target")
+    if only == "analysis":
+        analysis_rows(model, batch, config, reps, threads, memory_reps, report, judge)
+        return rows
     plain = lambda: plain_forward(model, batch)  # noqa: E731
     report("trace", "nnsight trace, no intervention vs plain forward [s]",
            interleaved(lambda: traced(model, batch), plain, reps))
@@ -143,6 +189,7 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
     report("generate_attention_traces", "attention-mode edit, one generate vs one trace per token [s]", row)
     report("generate_capture", f"per-token image-attention capture at {len(layers)} layers vs plain generate [s]",
            interleaved(lambda: generated(model, batch, new_tokens, per_token), plain_generate, reps))
+    analysis_rows(model, batch, config, reps, threads, memory_reps, report, judge)
     # The sweep as a study runs it: batch after batch, one run's image-row templates.
     n_batches = 2 if not judge else SWEEP_BATCHES
     many = sweeps.batches(model, config, n_batches)
@@ -197,6 +244,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sweep-reps", type=int, default=None,
                    help="interleaved pairs for each sweep row (default 1: each is already %d batches; the bitwise row "
                         "takes at least %d)" % (SWEEP_BATCHES, EXACT_REPS))
+    p.add_argument("--only", choices=["analysis"], default=None,
+                   help="run only these rows: 'analysis' (Cache, Patch and the Cache's memory)")
     p.add_argument("--memory-reps", type=int, default=None,
                    help="fresh processes per path for peak memory (default 3; quick: 1)")
     args = p.parse_args(argv)
@@ -213,10 +262,12 @@ def main(argv=None) -> dict:
     print(f"config: {config}")
     start = time.time()
     rows = run_suite(config, reps, sweep_reps, args.threads, judge=not args.quick,
-                     memory_reps=args.memory_reps or (1 if args.quick else 3))
-    print(f"\nsweep cost by depth and prompt length (shared rows vs naive, one batch of {SWEEP32['batch']}, "
-          f"hidden {SWEEP32['hidden'] if not args.quick else QUICK['hidden']}):")
-    depth = sweeps.depth_table(print, quick=args.quick)
+                     memory_reps=args.memory_reps or (1 if args.quick else 3), only=args.only)
+    depth = []
+    if args.only is None:
+        print(f"\nsweep cost by depth and prompt length (shared rows vs naive, one batch of {SWEEP32['batch']}, "
+              f"hidden {SWEEP32['hidden'] if not args.quick else QUICK['hidden']}):")
+        depth = sweeps.depth_table(print, quick=args.quick)
     result = {"machine": info, "config": config, "quick": args.quick, "reps": reps, "sweep_reps": sweep_reps,
               "other_load": {"before": load_before, "after": other_load()},
               "seconds": time.time() - start, "results": rows, "depth_table": depth,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .harness import build, device
-from .paths import capture, plain_forward
+from .paths import cache_image_residuals, capture, plain_forward
 
 
 def _rss_kib(field: str) -> int:
@@ -33,7 +33,8 @@ def memory_child(path: str, config: dict) -> dict:
     model, batch = build(config, attn="eager" if path == "eager" else "sdpa")
     call = {"plain": lambda: plain_forward(model, batch),
             "capture": lambda: capture(model, batch, config["capture_layers"]),
-            "eager": lambda: plain_forward(model, batch, output_attentions=True)}[path]
+            "eager": lambda: plain_forward(model, batch, output_attentions=True),
+            "cache": lambda: cache_image_residuals(model, batch)}[path]
     out = call()  # warm-up: one-off allocations (thread pools, kernels, caches) are not the path's
     del out
     gc.collect()
@@ -56,18 +57,32 @@ def memory_child(path: str, config: dict) -> dict:
     python_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     peak = _rss_kib("VmHWM")
+    held = _rss_kib("VmRSS")  # with the call's output still alive
+    kept = _result_bytes(out)
     del out
     return {"path": path, "peak_above_loaded_bytes": (peak - base) * 1024, "loaded_rss_bytes": base * 1024,
             "peak_rss_bytes": peak * 1024, "python_peak_bytes": python_peak,
+            "held_above_loaded_bytes": (held - base) * 1024, "result_bytes": kept,
             "method": "VmHWM - VmRSS before (clear_refs 5), tracemalloc for Python objects"}
 
 
-def memory(path: str, config: dict, threads: int) -> dict:
-    """`memory_child` of ``path`` in a fresh Python process with ``threads`` torch threads."""
+def _result_bytes(out) -> int:
+    """Bytes of the tensors a path returns besides its logits (what `mech.apply` gave back)."""
+    if not isinstance(out, tuple) or not isinstance(out[1], dict):
+        return 0
+    return sum(v.numel() * v.element_size() for v in out[1].values() if isinstance(v, torch.Tensor))
+
+
+def memory(path: str, config: dict, threads: int, env: dict | None = None) -> dict:
+    """`memory_child` of ``path`` in a fresh Python process with ``threads`` torch threads
+    (and ``env`` added to its environment)."""
+    import os
+
     code = ("import json, sys, torch; torch.set_num_threads(%d); from bench.memory import memory_child; "
             "print('RESULT' + json.dumps(memory_child(sys.argv[1], json.loads(sys.argv[2]))))" % threads)
     done = subprocess.run([sys.executable, "-c", code, path, json.dumps(config)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent.parent, check=False)
+                          text=True, cwd=Path(__file__).resolve().parent.parent, check=False,
+                          env={**os.environ, **(env or {})})
     for line in done.stdout.splitlines():
         if line.startswith("RESULT"):
             return json.loads(line[6:])

@@ -43,6 +43,34 @@ def contrastive(model, batch):
     return traced(model, batch, mech.ContrastiveMask())
 
 
+def cache_image_residuals(model, batch):
+    """A trace with `mech.Cache` of the residual stream entering every layer at the image
+    tokens: ``(logits, {"resid_pre": [batch, layers, n_image, hidden], ...})``."""
+    import mech
+
+    return traced(model, batch, mech.Cache("resid_pre", positions="image"))
+
+
+def source_batch(model, batch):
+    """A second batch for patching: the same prompts (so the same lengths) with other images."""
+    from mech.zoo.random_llava import random_images
+
+    return model.prepare(prompts=batch.prompts, images=random_images(batch.size, seed=1))
+
+
+def patch(model, joined, source, layers):
+    """One trace over the target and source rows (`mech.join`), `mech.Patch` writing the
+    source's residual stream at the image tokens into the target's at ``layers``."""
+    import mech
+
+    return traced(model, joined, mech.Patch("resid_pre", layers=layers, positions="image", source=source))
+
+
+def two_plain_forwards(model, target, source):
+    """The anchor of patching: the target and the source, one plain forward each."""
+    return plain_forward(model, target), plain_forward(model, source)
+
+
 def naive_zero_sweep(model, batch, layers, max_new_tokens):
     """The anchor: one plain Hugging Face generate per layer, image tokens zeroed at the
     layer's input by a forward pre-hook; ``{layer: ids [batch, seq + new]}``."""

@@ -31,7 +31,7 @@ def markdown(result: dict) -> str:
         if "templates" in row:
             ratio += f"; templates {row['templates']['bytes'] / 2**20:.0f} MiB"
         limit = f"{row['limit']:.3f}" if "limit" in row else "—"
-        target = "reported" if row["target"] is None else f"≤ {row['target']:.2f}"
+        target = "reported" if row["target"] is None else row.get("target_text") or f"≤ {row['target']:.2f}"
         verdict = "—" if row["passed"] is None else ("pass" if row["passed"] else "**miss**")
         name = row["measure"].removesuffix(" [s]").removesuffix(" [MiB]")
         lines.append(f"| {name} | {_value(row, 'toolkit')} | {_value(row, 'anchor')} | {ratio} | {limit} "
@@ -51,9 +51,9 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines += ["", f"Measured on {m['cpu']} ({m['cpu_cores']} cores), {m['device']}, {m['torch_threads']} torch "
               f"thread(s), torch {m['torch']}, transformers {m['transformers']}, nnsight {m['nnsight']}; "
-              f"{result['reps']} interleaved pairs per forward row, "
-              + ", ".join(f"{len(row['toolkit_all_s'])} for {name}" for name, row in result["results"].items()
-                          if name.startswith("sweep")) + "; other "
+              f"{result['reps']} interleaved pairs per forward row"
+              + "".join(f", {len(row['toolkit_all_s'])} for {name}" for name, row in result["results"].items()
+                        if name.startswith("sweep")) + "; other "
               f"load: {result['other_load']['before']}; {result['seconds'] / 60:.1f} min in all."]
     return "\n".join(lines)
 

@@ -151,3 +151,47 @@ def image_attention(row: torch.Tensor, image_index: torch.Tensor, image_valid: t
         on_image = on_image.amax(1)
     total = on_image.sum(-1, keepdim=True)
     return on_image / total.clamp_min(torch.finfo(on_image.dtype).tiny)
+
+
+def query_attention_rows(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         key_padding: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, *,
+                         head_dim: int, scaling: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`query_attention_row` for several query positions per row (the ``attn.pattern``
+    hook point): ``O(heads * P * seq)`` memory for ``P`` queries, ``seq x seq`` only when
+    every position is asked for.
+
+    Args:
+        query, key, cos, sin, key_padding, mask: as `query_attention_row`.
+        index, valid: ``[batch, P]`` query positions of each row (`mech.positions`; padded
+            slots hold ``seq``) and which slots are real.
+    Returns:
+        ``[batch, heads, P, seq]`` float32 softmax weights; padded query slots are 0.
+    """
+    batch, seq, _ = query.shape
+    at = index.to(query.device).clamp(max=seq - 1)
+    n = at.shape[1]
+    q = query.view(batch, seq, -1, head_dim)
+    q = q.gather(1, at[:, :, None, None].expand(-1, -1, q.shape[2], head_dim)).transpose(1, 2)  # [b, h, P, d]
+    pick = at[..., None].expand(-1, -1, cos.shape[-1])
+    q = apply_rope(q.float(), cos.gather(1, pick).float(), sin.gather(1, pick).float())
+    k = key.view(batch, seq, -1, head_dim).transpose(1, 2)
+    heads, kv_heads = q.shape[1], k.shape[1]
+    q = q.reshape(batch, kv_heads, heads // kv_heads * n, head_dim)  # grouped-query attention
+    scores = torch.empty(batch, kv_heads, q.shape[2], seq, dtype=torch.float32, device=query.device)
+    for start in range(0, seq, KEY_BLOCK):  # keys rotated a block at a time, as above
+        end = min(start + KEY_BLOCK, seq)
+        block = apply_rope(k[:, :, start:end].float(), cos[:, start:end].float(), sin[:, start:end].float())
+        scores[..., start:end] = q @ block.transpose(-1, -2)
+    scores = scores.reshape(batch, heads, n, seq) * scaling
+    if mask is not None:
+        rows = mask.gather(2, at[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[-1]))[..., :seq]
+        if rows.dtype == torch.bool:
+            weights = scores.masked_fill(~rows, float("-inf")).softmax(-1)
+        else:
+            low = torch.finfo(rows.dtype).min
+            weights = (scores + rows.float()).masked_fill(rows <= low, float("-inf")).softmax(-1)
+    else:
+        keys = torch.arange(seq, device=query.device)
+        allowed = key_padding.bool().to(query.device)[:, None, :] & (keys[None, None, :] <= at[:, :, None])
+        weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+    return weights * valid.to(weights.device)[:, None, :, None]

@@ -25,21 +25,13 @@ import ast
 import hashlib
 from pathlib import Path
 
+from . import architecture
+
 __all__ = ["RECORD_MODULES", "identity", "record_modules", "source_digest"]
 
 ROOT = Path(__file__).resolve().parent
 
-# The layers up to the runner (tools/architecture.py LAYERS; a test keeps the two equal).
-RECORD_MODULES = (
-    "mech.checks", "mech.hub", "mech.stats", "mech.metrics", "mech.generation", "mech.prompts", "mech.datasets",
-    "mech.store", "mech.parallel", "mech.progress", "mech.codebase", "mech.writes",
-    "mech.families", "mech.templates", "mech.batch", "mech.zoo.processor", "mech.zoo.random_llava",
-    "mech.zoo.random_vlm", "mech.zoo.tiny", "mech.model", "mech.model_files", "mech.remote", "mech.hooks",
-    "mech.attention", "mech.contrastive", "mech.interventions", "mech.analysis", "mech.grid", "mech.generate",
-    "mech.decoding", "mech.dola", "mech.vicrop", "mech.decode_together", "mech.shared_rows",
-    "mech.zero_sweep",
-    "mech.results", "mech.runner",
-)
+RECORD_MODULES = architecture.up_to("runner")  # every layer up to and including the runner
 
 
 def dotted(path: Path, root: Path = ROOT) -> str:

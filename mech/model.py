@@ -25,6 +25,8 @@ from . import grid, hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
 from .model_files import RANDOM, check_revision, check_weights
+from .positions import question_mask
+
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 
@@ -208,6 +210,9 @@ class Model:
         starts = [sum(per_prompt[:i]) for i in range(len(prompts))]
         batch.image_sizes = [[grid.image_size(images[s + k]) for k in range(n)] for s, n in zip(starts, per_prompt)]
         batch.grids = grid.batch_grids(self, inputs, batch.image_sizes, batch.image_counts.tolist())
+        if questions is not None:  # where each question's tokens are (positions="question")
+            found, why = question_mask(self.processor.tokenizer, prompts, questions, batch.inputs["input_ids"])
+            batch.extras.update(question=found, question_reason=why)
         return batch.to(self.device)
 
     def _check_images(self, prompts: list[str], images: list) -> None:

@@ -24,9 +24,9 @@ def execute(notebook, cwd):
     return notebook
 
 
-def test_there_are_three_notebooks_with_stripped_outputs():
+def test_there_are_four_notebooks_with_stripped_outputs():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_layer_masking.ipynb",
-                                           "03_contrastive_attention.ipynb"]
+                                           "03_contrastive_attention.ipynb", "04_analysis.ipynb"]
     for path in NOTEBOOKS:
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "code":

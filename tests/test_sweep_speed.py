@@ -157,7 +157,7 @@ def test_bench_quick_runs(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["results"]) == {"trace", "capture", "capture_eager", "contrastive", "sweep", "sweep_exact",
                                       "sweep_32", "memory_capture", "memory_eager", "generate_attention",
-                                      "generate_attention_traces", "generate_capture"}
+                                      "generate_attention_traces", "generate_capture", "cache", "patch"}
     assert result["results"]["generate_attention_traces"]["ids_equal_traces"]
     assert all(row["ratio"] > 0 for row in result["results"].values())
     assert result["machine"]["torch_threads"] == 1
@@ -165,6 +165,16 @@ def test_bench_quick_runs(tmp_path):
     assert all(0 < result["results"][k]["limit"] < 1 for k in ("sweep", "sweep_exact", "sweep_32"))
     assert result["results"]["sweep"]["templates"]["reused"] > 0
     assert len(result["depth_table"]) == 4 and all(r["limit_reuse"] < r["limit_first"] for r in result["depth_table"])
+
+
+def test_bench_cache_memory_counts_the_asked_bytes():
+    """The Cache memory row's reference (judged runs only: it needs two more fresh processes):
+    what the cache path returns is its buffer, batch x layers x P x hidden, and the layout."""
+    from bench.harness import QUICK
+    from bench.memory import memory_child
+
+    found = memory_child("cache", QUICK)
+    assert found["result_bytes"] == 2 * 4 * 64 * 64 * 4 + 2 * 64 * 8 + 2 * 64  # and index (long), valid (bool)
 
 
 def test_bench_gpu_script_runs_tiny_on_cpu():

@@ -5,7 +5,7 @@
 
 Every ``import`` counts, also those inside functions (a lazy import hides a circle from
 Python's loader, not from a reader). Packages count as their ``__init__`` module. The
-layers of ``mech`` are `LAYERS` (bottom first), described in ARCHITECTURE.md: a module may
+layers of ``mech`` are `mech.architecture.LAYERS` (bottom first), described in ARCHITECTURE.md: a module may
 import from its own layer or below, never above. ``tests/test_architecture.py`` keeps both
 rules.
 """
@@ -14,29 +14,25 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("mech", "studies", "bench")
 
-# Bottom first. A module's layer is the first entry its dotted name starts with; the
-# package __init__ files re-export their layer's public names.
-LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("rules", ("mech.checks", "mech.hub", "mech.stats", "mech.metrics", "mech.generation", "mech.prompts",
-               "mech.datasets", "mech.store", "mech.parallel", "mech.progress", "mech.codebase",
-               "mech.writes")),
-    ("model", ("mech.families", "mech.templates", "mech.batch", "mech.zoo.processor", "mech.zoo.random_llava",
-               "mech.zoo.random_vlm", "mech.zoo.tiny", "mech.model", "mech.model_files", "mech.remote", "mech.hooks", "mech.grid")),
-    ("primitives", ("mech.attention", "mech.contrastive", "mech.interventions", "mech.analysis",
-                    "mech.generate")),
-    ("decoders", ("mech.decoding", "mech.dola", "mech.vicrop", "mech.decode_together", "mech.shared_rows",
-                  "mech.zero_sweep")),
-    ("runner", ("mech.results", "mech.runner")),
-    ("analysis", ("mech.comparisons", "mech.discovery", "mech.plots", "mech.lmms")),
-    # the package's public face, and the commands written against it as a user would
-    ("package", ("mech", "mech.demo", "mech.zoo")),
-)
+
+
+def _layers(root: Path = ROOT):
+    """`mech.architecture.LAYERS` read from the file alone: no need to import mech (torch)."""
+    spec = importlib.util.spec_from_file_location("_mech_architecture", root / "mech" / "architecture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LAYERS
+
+
+LAYERS = _layers()
+
 
 
 def modules(root: Path = ROOT, packages=PACKAGES) -> dict[str, Path]:

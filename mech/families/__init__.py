@@ -2,8 +2,8 @@
 
 Every primitive, the runner and the studies are written once, against `Family`; each
 family module declares what differs (hub classes, where the decoder layers are, the image
-placeholder, position ids, the query/key the attention scores use, which fast sweep
-applies) in a few lines. ``FAMILIES`` maps each Hugging Face class name to its adapter.
+placeholder, position ids, the query/key the attention scores use, the modules of the named
+hook points of `mech.hooks`, which fast sweep applies) in a few lines. ``FAMILIES`` maps each Hugging Face class name to its adapter.
 
 ========================  ==============================================  ==========================
 family                    classes                                         adapter

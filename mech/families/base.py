@@ -20,6 +20,29 @@ def without_video(cls):
     return ImagesOnly
 
 
+# Where the hook sites of a decoder layer are (`mech.interventions.read_site`; the named
+# hook points of `mech.hooks` are read at them): the submodule under the layer ("": the
+# layer itself), which value of it (``input``: the first argument, ``inputs``: ``(args,
+# kwargs)``, ``output``), and the element of a tuple value (None: all of it).
+LAYER_SITES = {
+    "input": ("", "input", None),
+    "normed": ("input_layernorm", "output", None),
+    "attention_inputs": ("self_attn", "inputs", None),
+    "attn.z": ("self_attn.o_proj", "input", None),
+    "attention_weights": ("self_attn", "output", 1),
+    "attn_out": ("self_attn", "output", 0),
+    "mlp_out": ("mlp", "output", None),
+    "output": ("", "output", None),
+}
+
+
+def submodule(envoy, path: str):
+    """The envoy (or module) at dotted ``path`` under ``envoy`` ("" is ``envoy`` itself)."""
+    for name in filter(None, path.split(".")):
+        envoy = getattr(envoy, name)
+    return envoy
+
+
 @dataclass(frozen=True)
 class Family:
     """What differs between architecture families.
@@ -39,6 +62,8 @@ class Family:
         shared_rows: None if the shared-image-rows sweep applies, else why not.
         processor_class: the transformers processor class, when it has a video slot
             (`load_processor` then builds it without one); None: AutoProcessor's choice.
+        final_norm, unembedding: dotted paths of the decoder's final norm and the output
+            projection (`unembed`, the logit lens).
     """
 
     name: str
@@ -51,6 +76,8 @@ class Family:
     text_keys: tuple[str, ...] = ("input_ids", "attention_mask")
     shared_rows: str | None = None
     processor_class: str | None = None
+    final_norm: str = "model.language_model.norm"
+    unembedding: str = "lm_head"
 
     def load_processor(self, source: str, **kwargs):
         """The processor of a checkpoint folder or hub id, or None to leave it to
@@ -69,6 +96,26 @@ class Family:
 
     def decoder_layers(self, module: torch.nn.Module) -> torch.nn.ModuleList:
         return module.get_submodule(self.layer_path)
+
+    def site_module(self, site: str) -> tuple[str, str, int | None]:
+        """``(submodule path under a decoder layer, value, tuple element)`` of hook site
+        ``site`` (`LAYER_SITES`)."""
+        return LAYER_SITES[site]
+
+    def site(self, model, layer: int, site: str) -> tuple:
+        """``(envoy, value, element)`` where hook site ``site`` of decoder ``layer`` is read
+        and written; ``image_embeds`` (no layer) is the decoder stack's ``inputs_embeds``
+        keyword, ``[batch, seq, hidden]``, the projector's output at the image tokens."""
+        if site == "image_embeds":
+            return submodule(model.nn, self.layer_path.rsplit(".", 1)[0]), "inputs", "inputs_embeds"
+        path, value, element = self.site_module(site)
+        return submodule(model.layers[layer], path), value, element
+
+    def unembed(self, model, hidden):
+        """Inside a trace: logits ``[..., vocab]`` of residual-stream states ``[..., hidden]``
+        through the model's own final norm and output projection (called ad hoc, so the
+        real forward's visits to them are untouched)."""
+        return submodule(model.nn, self.unembedding)(submodule(model.nn, self.final_norm)(hidden))
 
     def query_key(self, attention) -> tuple:
         """``(q, k)`` of a self-attention envoy as the scores use them before rotary:

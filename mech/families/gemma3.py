@@ -5,7 +5,8 @@ The prompt's ``<start_of_image>`` becomes ``<start_of_image>``, the soft tokens
 (``config.image_token_id``, the ones masked) and ``<end_of_image>``. ``token_type_ids``
 make each image's tokens attend bidirectionally; the mask each layer receives carries
 that (and its sliding window), and every primitive edits or reads that mask, never a
-causal one of its own. The scores use ``q_norm``/``k_norm`` outputs, not the projections.
+causal one of its own. The scores use ``q_norm``/``k_norm`` outputs, not the projections;
+attention and MLP outputs (``attn_out``, ``mlp_out``) are those of the post-norms.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ class Gemma3(Family):
     text_keys: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")  # the bidirectional block
     shared_rows: str | None = ("its image tokens attend to each other both ways and its layers use a sliding "
                                "window, while shared image rows are computed causally on one template row")
+
+    def site_module(self, site):
+        """Attention and MLP outputs pass through post-norms before joining the residual stream."""
+        return {"attn_out": ("post_attention_layernorm", "output", None),
+                "mlp_out": ("post_feedforward_layernorm", "output", None)}.get(site) or super().site_module(site)
 
     def query_key(self, attention):
         def flat(x):  # [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]

@@ -11,14 +11,20 @@ interventions compose in any number and any order::
                                   mech.CaptureImageAttention(layers=[2, 5]),
                                   mech.ZeroImage(layer=3))
 
-Hook sites of decoder layer L, in forward order:
+Hook sites, in forward order (``image_embeds`` before every layer, at layer -1), then
+those of decoder layer L (`mech.hooks` names the ones a user reads and patches):
 
+* ``image_embeds``       the decoder's input embeddings ``[batch, seq, hidden]`` (the
+                         projector's image embeddings at the image tokens)
 * ``input``              the hidden states entering layer L ``[batch, seq, hidden]``
 * ``normed``             the output of L's input RMSNorm, which feeds q/k/v ``[batch, seq, hidden]``
 * ``attention_inputs``   the self-attention call's ``(args, kwargs)`` (mask, rotary, KV cache)
 * ``query_key``          ``(q, k)`` as the scores use them before rotary ``[batch, seq, heads * head_dim]``
                          (the projections; Gemma 3's ``q_norm``/``k_norm`` outputs)
+* ``attn.z``             the output projection's input ``[batch, seq, heads * head_dim]``
 * ``attention_weights``  the eager attention weights ``[batch, heads, seq, seq]``
+* ``attn_out``           what attention adds to the residual stream ``[batch, seq, hidden]``
+* ``mlp_out``            what the MLP adds to the residual stream ``[batch, seq, hidden]``
 * ``output``             the hidden states leaving layer L
 
 At one site, steps that edit run before steps that only observe (attention capture reads
@@ -55,7 +61,8 @@ import torch
 
 from ..batch import Batch
 
-SITES = ("input", "normed", "attention_inputs", "query_key", "attention_weights", "output")
+SITES = ("image_embeds", "input", "normed", "attention_inputs", "query_key", "attn.z", "attention_weights",
+         "attn_out", "mlp_out", "output")
 # Where a scale acts on image tokens (ScaleImage.at, ContrastiveMask.mask_at):
 LOCATIONS = {
     "input": "the hidden states entering the layer (the residual stream; the layer's own RMSNorm "
@@ -80,34 +87,31 @@ class Step:
 
 
 def read_site(model, layer: int, site: str):
-    envoy = model.layers[layer]
-    if site == "input":
-        return envoy.input
-    if site == "normed":
-        return envoy.input_layernorm.output
-    if site == "output":
-        return envoy.output
-    if site == "attention_inputs":
-        return envoy.self_attn.inputs
+    """The value of hook ``site`` of decoder ``layer`` in the current forward, where the
+    family adapter says it is (`mech.families.Family.site`)."""
     if site == "query_key":
-        return model.family.query_key(envoy.self_attn)
-    if site == "attention_weights":
-        return envoy.self_attn.output[1]
-    raise ValueError(f"unknown hook site {site!r}; sites are {SITES}")
+        return model.family.query_key(model.family.site(model, layer, "attention_inputs")[0])
+    if site not in SITES:
+        raise ValueError(f"unknown hook site {site!r}; sites are {SITES}")
+    envoy, value, element = model.family.site(model, layer, site)
+    value = getattr(envoy, value)
+    if element is None:
+        return value
+    return value[1][element] if isinstance(element, str) else value[element]
 
 
 def write_site(model, layer: int, site: str, value) -> None:
-    envoy = model.layers[layer]
-    if site == "input":
-        envoy.input = value
-    elif site == "normed":
-        envoy.input_layernorm.output = value
-    elif site == "output":
-        envoy.output = value
-    elif site == "attention_inputs":
-        envoy.self_attn.inputs = value
-    else:
+    if site in ("query_key", "attention_weights") or site not in SITES:
         raise ValueError(f"hook site {site!r} is read-only")
+    envoy, slot, element = model.family.site(model, layer, site)
+    if element is None:
+        setattr(envoy, slot, value)
+    elif isinstance(element, str):  # a keyword argument of the call
+        args, kwargs = envoy.inputs
+        envoy.inputs = (args, {**kwargs, element: value})
+    else:  # one element of a tuple (attention output, weights)
+        whole = getattr(envoy, slot)
+        setattr(envoy, slot, (*whole[:element], value, *whole[element + 1:]))
 
 
 def apply(model, batch: Batch, *interventions: "Intervention", max_new_tokens: int | None = None):
