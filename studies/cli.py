@@ -69,8 +69,34 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                         "are needed: for SLURM arrays or machines sharing a filesystem; afterwards the command "
                         "without --shard reuses everything and writes the datasets (under torchrun the ranks "
                         "share the work by themselves)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="show no progress at all (no bars, no progress lines, no 'Loading weights' bar); results, "
+                        "warnings and errors are still printed")
     return p
+
+
+def studies() -> list[str]:
+    """The study modules (``python -m studies.NAME``): those run as a command through `cli`."""
+    folder = Path(__file__).parent
+    return sorted(p.stem for p in folder.glob("*.py") if "cli.cli(main)" in p.read_text())
+
+
+def not_a_study(module: str) -> None:
+    """What a helper module does when run as a command: one line naming the studies, exit 2."""
+    print(f"python -m {module}: error: {module} is a helper of the studies, not a study; run one of: "
+          + ", ".join(f"python -m studies.{s}" for s in studies()), file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line_warnings(prog: str) -> None:
+    """Warnings (a busy machine, unstable discovered layers, a chunk recomputed) as one line
+    each, ``prog: warning: ...``, not Python's two-line form with a source line."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
 
 
 class UsageError(Exception):
@@ -85,10 +111,11 @@ def parse(parser: argparse.ArgumentParser, argv=None):
 
     Under torchrun (``WORLD_SIZE`` > 1) this joins the process group; with ``--shard I/N``
     this process becomes one shard (`mech.parallel`). Only rank 0 prints."""
-    from mech import parallel
+    from mech import parallel, progress
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    progress.set_enabled(not args.no_progress)  # --no-progress: no bar at all, transformers' included
     args.argv = argv
     args.study = parser.prog.rsplit(".", 1)[-1]
     CURRENT.update(study=args.study, args=args)
@@ -120,6 +147,7 @@ def cli(main) -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     prog = f"python -m {sys.modules[main.__module__].__spec__.name}"
+    one_line_warnings(prog)
     try:
         main()
     except UsageError as error:
@@ -183,3 +211,7 @@ def layer_option(model, option: str, value) -> int:
         return model.check_layer(value, option)
     except ValueError as error:
         raise UsageError(str(error).replace(f"{option} {value!r} is", f"{option} {value}:", 1)) from None
+
+
+if __name__ == "__main__":
+    not_a_study(__spec__.name)

@@ -29,37 +29,26 @@ class Layers:
                 "layers_source": self.source, "layers_reason": self.reason}
 
 
-def add_arguments(parser) -> None:
-    from . import cli
-
-    parser.add_argument("--review", type=int, default=None,
-                        help="review layer (0-based); default: discovered from the layer-masking sweep")
-    parser.add_argument("--post", type=int, default=None,
-                        help="post-integrated layer; default: the layer before the review layer")
-    parser.add_argument("--fusion", default=None,
-                        help="comma-separated fusion layers S; default: discovered")
-    cli.add_check(parser, lambda args: args.fusion is None or cli.layer_list("--fusion", args.fusion))
-    cli.add_check(parser, check_layers, needs_model=True)
-
-
 def check_layers(args, model) -> None:
-    """--review, --post and --fusion against the model's layers, before any sweep."""
+    """--review, --post and --fusion against the model's layers, before any sweep
+    (``args`` as `studies.options.read` left them: ``review`` one layer or a grid's tuple)."""
     from . import cli
+    from .options import values
 
-    review = None if args.review is None else cli.layer_option(model, "--review", args.review)
+    reviews = [] if args.review is None else [cli.layer_option(model, "--review", r) for r in values(args, "review")]
     post = None if args.post is None else cli.layer_option(model, "--post", args.post)
-    if review is not None and post is None:
-        post = review - 1
-        if post < 0:
+    for review in reviews:
+        if post is None and review < 1:
             raise cli.UsageError(f"--review {review}: the post-integrated layer is the one before it, and "
-                                    "layer 0 has none; pick a review layer >= 1")
-    if review is not None and post >= review:
-        raise cli.UsageError(f"--post {post}: must come before the review layer {review}")
+                                 "layer 0 has none; pick a review layer >= 1")
+        if post is not None and post >= review:
+            raise cli.UsageError(f"--post {post}: must come before the review layer {review}")
     if args.fusion is not None:
-        fusion = [cli.layer_option(model, "--fusion", layer) for layer in cli.layer_list("--fusion", args.fusion)]
-        if post is not None and not any(layer < post for layer in fusion):
-            raise cli.UsageError(f"--fusion {args.fusion}: no layer below the post-integrated layer {post}; "
-                                    "candidate pre-integrated layers must precede it")
+        fusion = [cli.layer_option(model, "--fusion", layer) for layer in args.fusion]
+        lowest = post if post is not None else min((r - 1 for r in reviews), default=None)
+        if lowest is not None and not any(layer < lowest for layer in fusion):
+            raise cli.UsageError(f"--fusion {','.join(map(str, args.fusion))}: no layer below the post-integrated "
+                                 f"layer {lowest}; candidate pre-integrated layers must precede it")
 
 
 def pooled(ds: xr.Dataset, var: str) -> xr.DataArray:
@@ -103,14 +92,15 @@ def discover(masking: xr.Dataset, *, seed: int = 0):
 
 
 def resolve(args, model, masking: xr.Dataset | None) -> Layers:
-    """Layers from ``--review/--post/--fusion`` or, where absent, from ``masking``."""
+    """Layers from ``--review/--post/--fusion`` or, where absent, from ``masking`` (a grid
+    of review layers: the first; the study spans the others)."""
     import mech
 
-    from . import cli
+    from .options import values
 
-    fusion = cli.layer_list("--fusion", args.fusion) if args.fusion else None
+    fusion = tuple(args.fusion) if args.fusion else None
     if args.review is not None:
-        review = model.check_layer(args.review, "review layer")
+        review = model.check_layer(values(args, "review")[0], "review layer")
         post = model.check_layer(args.post if args.post is not None else review - 1, "post-integrated layer")
         found = discover(masking, seed=args.seed) if fusion is None and masking is not None else None
         return Layers(fusion if fusion is not None else (found.fusion_layers if found else ()),
@@ -125,3 +115,9 @@ def resolve(args, model, masking: xr.Dataset | None) -> Layers:
     return Layers(fusion, review, post, "fallback",
                   f"{found.reason} Falling back to the paper's review layer at its relative depth (29 of 32), "
                   f"at least three from the end: review layer {review} of {model.n_layers}.")
+
+
+if __name__ == "__main__":
+    from .cli import not_a_study
+
+    not_a_study(__spec__.name)

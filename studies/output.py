@@ -94,3 +94,9 @@ def finish(ds: xr.Dataset, args, model, study: str, figure, **attrs) -> xr.Datas
     print(f"wrote {path} and {', '.join(map(str, figures))}")
     return ds
 
+
+
+if __name__ == "__main__":
+    from .cli import not_a_study
+
+    not_a_study(__spec__.name)
