@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..datasets.shapes import COLORS, QUESTION_TYPES, SHAPES
 from .evaluate import accuracy_by_type, predict
+from .runs import question_types
 
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / 4, "exist": 1 / 2,
           "spatial": 1 / len(SHAPES), "relcolor": 1 / len(COLORS)}
@@ -73,8 +74,6 @@ def plot(log: list[dict], path: Path) -> None:
 
 def write_card(args, result) -> dict:
     model, processor, out = result["model"], result["processor"], Path(args.out)
-    from .train import question_types
-
     types = question_types(args)
     metrics = measure(model, processor, args.n_test, types)
     metrics["train_minutes"] = result["minutes"]

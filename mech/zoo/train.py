@@ -27,6 +27,7 @@ import torch
 
 from ..datasets.shapes import EXTRA_TYPES, QUESTION_TYPES
 from .batches import Batcher, Stage
+from .runs import make_planting, question_types
 from .tiny import DEFAULT_DIR, build_model, tiny_processor
 
 CURRICULUM = (  # (stage, share of phase-1 steps)
@@ -198,23 +199,6 @@ def fit(model, processor, plan, batcher, val, args, probe_seed=None, planting=No
     hook.remove()
     model.eval()
     return log, (time.time() - t0) / 60
-
-
-def question_types(args) -> tuple[str, ...]:
-    """The ``--types`` of a training run (saved runs before the option: the default five)."""
-    return tuple(t.strip() for t in getattr(args, "types", ",".join(QUESTION_TYPES)).split(",") if t.strip())
-
-
-def make_planting(args, processor, model):
-    """The `mech.zoo.planted.Planting` of ``--plant`` (None without it)."""
-    if not getattr(args, "plant", False):
-        return None
-    from .planted import PlantedSites, Planting, TokenIds
-
-    sites = PlantedSites(tuple(int(x) for x in args.plant_fusion.split(",")), args.plant_review, args.summary_tokens)
-    return Planting(sites, TokenIds.of(processor.tokenizer, model.config.image_token_id),
-                    total_steps=args.steps + args.phase3_steps, hold=args.hold, anneal=args.anneal,
-                    start=args.bias_start, weight=args.site_weight)
 
 
 def train(args) -> dict:
