@@ -484,6 +484,14 @@ def _explain(ds: xr.Dataset, fusion, review, dips) -> str:
         why = (f"drops at {', '.join(map(str, deep_drops))} are not preceded by a flat stretch of {a['flat_len']} layers"
                if deep_drops else "no layer there has a significant drop")
         parts.append(f"no review layer found: {why} ({deep}); no post-integrated layer")
+    if a.get("n_bootstrap"):
+        share = lambda f: f"{100 * f:.0f}%"
+        fus = ", ".join(f"{L} {share(ds['fusion_frequency'].values[L])}" for L in fusion) or "none"
+        rev = (f"review layer {review} {share(ds['review_frequency'].values[review])}" if review is not None
+               else f"no review layer {share(a['no_review_frequency'])}")
+        parts.append(f"Selected in {a['n_bootstrap']:,} bootstrap resamples of the {a['n_samples']} samples: "
+                     f"fusion {fus}; {rev}; this exact answer {share(a['answer_frequency'])}"
+                     + ("" if a["stable"] else " (not stable: more samples needed)"))
     return ". ".join(parts) + "."
 
 

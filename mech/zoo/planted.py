@@ -35,35 +35,48 @@ class PlantedSites:
     fusion: tuple[int, ...] = (1, 2)
     review: int = 6
     summary_tokens: int = 1
+    answer_tokens: int = 1
 
     def describe(self) -> str:
+        last = "the last prompt token" if self.answer_tokens == 1 else f"the last {self.answer_tokens} prompt tokens"
         return (f"fusion layers {', '.join(map(str, self.fusion))} (the first {self.summary_tokens} text "
-                f"token(s) after the image), review layer {self.review} (the answer position)")
+                f"token(s) after the image), review layer {self.review} ({last}: {ANSWER_WORDS[-self.answer_tokens:]})")
+
+
+# The last prompt tokens of every turn, "... ? ASSISTANT:" (word-level tokenizer).
+ANSWER_WORDS = ("?", "assistant", ":")
 
 
 @dataclass
 class TokenIds:
-    """Token ids the site rule needs (``image``, ``assistant``, ``colon``)."""
+    """Token ids the site rule needs (``image``; ``answer``: the ids of `ANSWER_WORDS`)."""
     image: int
-    assistant: int
-    colon: int
+    answer: tuple[int, ...]
 
     @classmethod
     def of(cls, tokenizer, image_token_id: int) -> "TokenIds":
-        return cls(image_token_id, tokenizer.convert_tokens_to_ids("assistant"),
-                   tokenizer.convert_tokens_to_ids(":"))
+        return cls(image_token_id, tuple(tokenizer.convert_tokens_to_ids(w) for w in ANSWER_WORDS))
 
 
-def query_classes(input_ids: torch.Tensor, ids: TokenIds, summary_tokens: int) -> dict[str, torch.Tensor]:
+def query_classes(input_ids: torch.Tensor, ids: TokenIds, summary_tokens: int,
+                  answer_tokens: int = 1) -> dict[str, torch.Tensor]:
     """Boolean ``(B, T)`` masks: ``image`` positions, ``summary`` (the first
-    ``summary_tokens`` positions after each row's last image token), ``answer`` (a ``:``
-    right after ``assistant``) and ``text`` (every non-image position)."""
+    ``summary_tokens`` positions after each row's last image token), ``answer`` (the last
+    ``answer_tokens`` of each ``? ASSISTANT:`` ending, ``:`` alone by default) and
+    ``text`` (every non-image position)."""
     image = input_ids == ids.image
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)
     last_image = torch.where(image, pos, -1).amax(dim=1, keepdim=True)  # (B, 1); -1: no image
     summary = (pos > last_image) & (pos <= last_image + summary_tokens) & (last_image >= 0)
-    prev = torch.nn.functional.pad(input_ids[:, :-1], (1, 0), value=-1)
-    answer = (input_ids == ids.colon) & (prev == ids.assistant)
+    # the ending "? assistant :" in full, found by matching it at every position
+    n = len(ids.answer)
+    ends = torch.ones_like(image)
+    for k, word in enumerate(ids.answer):  # the ending's k-th word sits n-1-k before its last
+        shifted = torch.nn.functional.pad(input_ids[:, : input_ids.shape[1] - (n - 1 - k)], (n - 1 - k, 0), value=-1)
+        ends &= shifted == word
+    answer = torch.zeros_like(image)
+    for back in range(answer_tokens):  # the last answer_tokens positions of each ending
+        answer |= torch.nn.functional.pad(ends[:, back:], (0, back), value=False)
     return dict(image=image, summary=summary, answer=answer, text=~image)
 
 
@@ -71,7 +84,7 @@ def forbidden_masks(input_ids: torch.Tensor, ids: TokenIds, sites: PlantedSites,
                     n_layers: int) -> list[torch.Tensor]:
     """Per layer, ``(B, T, T)`` bool: (text query, image key) pairs that are not a site
     (causality not applied: the caller's causal mask covers it)."""
-    q = query_classes(input_ids, ids, sites.summary_tokens)
+    q = query_classes(input_ids, ids, sites.summary_tokens, sites.answer_tokens)
     key_image = q["image"][:, None, :]
     out = []
     for layer in range(n_layers):
@@ -176,7 +189,7 @@ def image_attention_by_site(model, processor, samples, sites: PlantedSites, batc
             inputs = processor(text=[PROMPT.format(question=s.question) for s in chunk],
                                images=[s.image for s in chunk], return_tensors="pt", padding=True)
             out = model(**inputs, output_attentions=True)
-            q = query_classes(inputs["input_ids"], ids, sites.summary_tokens)
+            q = query_classes(inputs["input_ids"], ids, sites.summary_tokens, sites.answer_tokens)
             valid = inputs["attention_mask"].bool()
             other = q["text"] & ~q["summary"] & ~q["answer"] & valid
             # queries before the image see no image key: leave them out of "other"
@@ -192,10 +205,42 @@ def image_attention_by_site(model, processor, samples, sites: PlantedSites, batc
     return {k: (sums[k] / max(counts[k], 1)).tolist() for k in sums}
 
 
+@contextmanager
+def image_zeroed(model, input_ids: torch.Tensor, rows: torch.Tensor, layer: int, image_token_id: int):
+    """Zero the image-token hidden states of batch ``rows`` (``(B,)`` bool) at the input of
+    decoder ``layer`` while active: what `mech.ZeroImage` does at inference, here as a
+    training-time ablation."""
+    drop = ((input_ids == image_token_id) & rows[:, None])[..., None]  # (B, T, 1)
+
+    def pre(module, args, kwargs):
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = kwargs["hidden_states"].masked_fill(drop, 0.0)
+            return args, kwargs
+        return (args[0].masked_fill(drop, 0.0), *args[1:]), kwargs
+
+    handle = model.model.language_model.layers[layer].register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def answers_only(labels: torch.Tensor, rows: torch.Tensor, keep_ids: list[int], eos: int) -> torch.Tensor:
+    """``labels (B, T)`` with the answers of batch ``rows`` kept only where the answer word
+    is in ``keep_ids`` (and that answer's ``</s>``); everything else there is ``-100``."""
+    keep = torch.isin(labels, torch.tensor(keep_ids))
+    keep = keep | ((labels == eos) & torch.nn.functional.pad(keep[:, :-1], (1, 0)))
+    return torch.where(rows[:, None] & ~keep, torch.full_like(labels, -100), labels)
+
+
 @dataclass
 class Planting:
     """The planted design over a whole training run: sites, the bias schedule over the
-    run's global steps (`bias_at`) and the weight of the forbidden-mass penalty."""
+    run's global steps (`bias_at`), the weight of the forbidden-mass penalty, and the
+    *review ablation*: a ``review_dropout`` share of training images has its image tokens
+    zeroed right after the last fusion layer, with loss only on the answers the fusion
+    summary is meant to carry (``fusion_answers``, e.g. counts and yes/no), so that those
+    are answered from the fusion layers' reads alone when the review read sees nothing."""
     sites: PlantedSites
     ids: TokenIds
     total_steps: int
@@ -203,9 +248,15 @@ class Planting:
     anneal: float = 0.3
     start: float = 12.0
     weight: float = 1.0
+    review_dropout: float = 0.0
+    fusion_answers: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.training = SiteTraining(self.sites, self.ids)
+
+    def ablation_rows(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """``(B,)`` bool: the images whose review read is ablated in this step."""
+        return torch.rand(batch_size, generator=generator) < self.review_dropout
 
     def bias(self, step: int) -> float:
         return bias_at(step, self.total_steps, self.start, self.hold, self.anneal)
@@ -213,4 +264,5 @@ class Planting:
     def describe(self) -> dict:
         return dict(fusion=list(self.sites.fusion), review=self.sites.review,
                     summary_tokens=self.sites.summary_tokens, hold=self.hold, anneal=self.anneal,
-                    start=self.start, weight=self.weight, total_steps=self.total_steps)
+                    start=self.start, weight=self.weight, total_steps=self.total_steps,
+                    review_dropout=self.review_dropout)

@@ -22,7 +22,7 @@ def planted_sites(args):
     from .planted import PlantedSites
 
     return PlantedSites(tuple(int(x) for x in str(args.plant_fusion).split(",")), int(args.plant_review),
-                        int(args.summary_tokens))
+                        int(args.summary_tokens), int(getattr(args, "answer_tokens", 1)))
 
 
 def make_planting(args, processor, model):
@@ -32,6 +32,10 @@ def make_planting(args, processor, model):
         return None
     from .planted import Planting, TokenIds
 
-    return Planting(sites, TokenIds.of(processor.tokenizer, model.config.image_token_id),
+    tok = processor.tokenizer
+    words = [w.strip() for w in getattr(args, "fusion_answers", "").split(",") if w.strip()]
+    return Planting(sites, TokenIds.of(tok, model.config.image_token_id),
                     total_steps=args.steps + args.phase3_steps, hold=args.hold, anneal=args.anneal,
-                    start=args.bias_start, weight=args.site_weight)
+                    start=args.bias_start, weight=args.site_weight,
+                    review_dropout=getattr(args, "review_dropout", 0.0),
+                    fusion_answers=tuple(tok.convert_tokens_to_ids(w) for w in words))

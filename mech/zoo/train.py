@@ -75,12 +75,20 @@ def parse_args(argv=None):
     ap.add_argument("--plant-review", type=int, default=6, help="planted review layer (with --plant)")
     ap.add_argument("--summary-tokens", type=int, default=1,
                     help="text tokens after the image that may read it at the fusion layers (with --plant)")
+    ap.add_argument("--answer-tokens", type=int, default=1, choices=(1, 2, 3),
+                    help="last prompt tokens of each turn ('?', 'assistant', ':') that may read the image at "
+                         "the review layer (with --plant)")
     ap.add_argument("--site-weight", type=float, default=1.0,
                     help="weight of the forbidden attention-mass penalty (with --plant)")
     ap.add_argument("--hold", type=float, default=0.5, help="share of all steps under the hard mask (with --plant)")
     ap.add_argument("--anneal", type=float, default=0.3,
                     help="share of all steps over which the logit bias falls from --bias-start to 0 (with --plant)")
     ap.add_argument("--bias-start", type=float, default=12.0, help="logit bias when the hard mask is lifted")
+    ap.add_argument("--review-dropout", type=float, default=0.0,
+                    help="share of training images whose image tokens are zeroed right after the last "
+                         "fusion layer, with loss only on --fusion-answers (with --plant)")
+    ap.add_argument("--fusion-answers", default="1,2,3,4,yes,no",
+                    help="answer words the fusion summary must carry alone (with --review-dropout)")
     ap.add_argument("--init", default=None, help="start from this checkpoint folder instead of random weights")
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation checks")
     ap.add_argument("--n-test", type=int, default=500, help="test samples for the final metrics")
@@ -140,8 +148,13 @@ def fit(model, processor, plan, batcher, val, args, probe_seed=None, planting=No
     """Runs ``plan`` (per step: stage, lr) with a fresh AdamW and a fresh per-patch probe.
     With ``planting`` (`mech.zoo.planted.Planting`), text -> image attention is restricted
     to its sites at the logit bias of global step ``offset + step``, and the attention mass
-    left on forbidden image keys is penalised. Returns ``(log, minutes)``."""
-    from contextlib import nullcontext
+    left on forbidden image keys is penalised; its review ablation zeroes the image tokens
+    of some images after the last fusion layer. Returns ``(log, minutes)``."""
+    from contextlib import ExitStack
+
+    from .planted import answers_only, image_zeroed
+
+    generator = torch.Generator().manual_seed(args.seed + 7 + offset)  # which images are ablated
 
     if probe_seed is not None:
         torch.manual_seed(probe_seed)
@@ -161,8 +174,14 @@ def fit(model, processor, plan, batcher, val, args, probe_seed=None, planting=No
             g["lr"] = lr
         ids, labels, pixels, patch_labels = batcher.batch(stage, args.batch_size, args.turns)
         bias = planting.bias(offset + step) if planting else 0.0
-        ctx = planting.training.active(model, ids, bias, valid=ids != batcher.pad) if planting else nullcontext()
-        with ctx:
+        with ExitStack() as stack:
+            if planting:
+                stack.enter_context(planting.training.active(model, ids, bias, valid=ids != batcher.pad))
+            if planting and planting.review_dropout:
+                rows = planting.ablation_rows(len(ids), generator)
+                stack.enter_context(image_zeroed(model, ids, rows, max(planting.sites.fusion) + 1,
+                                                 model.config.image_token_id))
+                labels = answers_only(labels, rows, list(planting.fusion_answers), batcher.eos)
             logits = model(input_ids=ids, pixel_values=pixels).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
@@ -245,8 +264,15 @@ def train(args) -> dict:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "training_log.json").write_text(json.dumps(
-        dict(args=vars(args), train_minutes=minutes, log=log), indent=1))
-    return dict(model=model, processor=processor, minutes=minutes, log=log)
+        dict(args=vars(args), command=command_line(), train_minutes=minutes, log=log), indent=1))
+    return dict(model=model, processor=processor, minutes=minutes, log=log, command=command_line())
+
+
+def command_line() -> list[str]:
+    """The command that ran this training (for the card)."""
+    import sys
+
+    return ["python", "-m", "mech.zoo.train", *sys.argv[1:]]
 
 
 def main(argv=None):
