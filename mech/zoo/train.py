@@ -89,6 +89,9 @@ def parse_args(argv=None):
                          "fusion layer, with loss only on --fusion-answers (with --plant)")
     ap.add_argument("--fusion-answers", default="1,2,3,4,yes,no",
                     help="answer words the fusion summary must carry alone (with --review-dropout)")
+    ap.add_argument("--newline-token", action="store_true",
+                    help="tokenize the newline after <image> as a token of its own (the summary position "
+                         "of a --plant run: the one text token between the image and the question)")
     ap.add_argument("--init", default=None, help="start from this checkpoint folder instead of random weights")
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation checks")
     ap.add_argument("--n-test", type=int, default=500, help="test samples for the final metrics")
@@ -117,11 +120,15 @@ def schedule(steps: int, phase2_share: float, lr: float, lr2: float):
 
 
 @torch.no_grad()
-def quick_accuracy(model, processor, samples, planting=None, bias: float = 0.0) -> dict[str, float]:
+def quick_accuracy(model, processor, samples, planting=None, bias: float = 0.0,
+                   zero_at: int | None = None) -> dict[str, float]:
     """Argmax at the last prompt position vs the gold answer token: equal to greedy
     generation's first word because every answer is a single token. With ``planting``,
-    under its site mask at logit bias ``bias`` (0: the plain checkpoint)."""
-    from contextlib import nullcontext
+    under its site mask at logit bias ``bias`` (0: the plain checkpoint); ``zero_at``: with
+    the image tokens zeroed at the input of that layer."""
+    from contextlib import ExitStack
+
+    from .planted import image_zeroed
 
     from .evaluate import PROMPT
 
@@ -129,10 +136,13 @@ def quick_accuracy(model, processor, samples, planting=None, bias: float = 0.0) 
     processor.tokenizer.padding_side = "left"
     inputs = processor(text=[PROMPT.format(question=s.question) for s in samples],
                        images=[s.image for s in samples], return_tensors="pt", padding=True)
-    masked = planting is not None and bias != 0
-    ctx = (planting.training.active(model, inputs["input_ids"], bias, valid=inputs["attention_mask"].bool())
-           if masked else nullcontext())
-    with ctx:
+    with ExitStack() as stack:
+        if planting is not None and bias != 0:
+            stack.enter_context(planting.training.active(model, inputs["input_ids"], bias,
+                                                         valid=inputs["attention_mask"].bool()))
+        if zero_at is not None:
+            rows = torch.ones(len(samples), dtype=torch.bool)
+            stack.enter_context(image_zeroed(model, inputs["input_ids"], rows, zero_at, model.config.image_token_id))
         pred = model(**inputs, logits_to_keep=1).logits[:, -1].argmax(-1)
     gold = [processor.tokenizer.convert_tokens_to_ids(s.answers[0]) for s in samples]
     model.train()
@@ -203,13 +213,16 @@ def fit(model, processor, plan, batcher, val, args, probe_seed=None, planting=No
             acc = quick_accuracy(model, processor, val, planting, bias)
             entry = dict(step=step, minutes=(time.time() - t0) / 60, stage=stage.name, lr=lr,
                          loss=run_loss, aux_loss=run_aux, val=acc)
-            if planting:  # the plain checkpoint too, and what the penalty sees
-                entry.update(bias=bias, site_mass=run_site, val_plain=quick_accuracy(model, processor, val))
+            if planting:  # the plain checkpoint too, what the penalty sees, and the fusion layers alone
+                after = max(planting.sites.fusion) + 1
+                entry.update(bias=bias, site_mass=run_site, val_plain=quick_accuracy(model, processor, val),
+                             val_fusion_only=quick_accuracy(model, processor, val, zero_at=after))
             log.append(entry)
             print(f"step {step:5d}/{len(plan)} {entry['minutes']:6.1f} min  {stage.name:11s} "
                   f"lr {lr:.2e}  loss {run_loss:.3f}  aux {run_aux:.3f}  val {acc['overall']:.3f}  "
                   + " ".join(f"{k} {v:.2f}" for k, v in sorted(acc.items()) if k != "overall")
-                  + (f"  bias {bias:.1f} site {run_site:.4f} plain {entry['val_plain']['overall']:.3f}"
+                  + (f"  bias {bias:.1f} site {run_site:.4f} plain {entry['val_plain']['overall']:.3f}  fusion-only "
+                     + " ".join(f"{k} {v:.2f}" for k, v in sorted(entry["val_fusion_only"].items()))
                      if planting else ""), flush=True)
         elif step % 25 == 0:
             print(f"step {step:5d}/{len(plan)} {(time.time() - t0) / 60:6.1f} min  {stage.name:11s} "
@@ -225,12 +238,14 @@ def train(args) -> dict:
     from ..datasets import shapes
 
     torch.set_num_threads(args.threads)
-    processor = tiny_processor()
+    processor = tiny_processor(newline=getattr(args, "newline_token", False))
     model = build_model(args.seed, processor, getattr(args, "layers", 8))
     if getattr(args, "init", None):
         from transformers import LlavaForConditionalGeneration
 
         model = LlavaForConditionalGeneration.from_pretrained(args.init, local_files_only=True)
+        if len(processor.tokenizer) > model.config.text_config.vocab_size:  # new tokens get the last ids
+            model.resize_token_embeddings(len(processor.tokenizer))
     planting = make_planting(args, processor, model)
     if planting:
         model.set_attn_implementation("eager")  # the site penalty reads the attention weights
