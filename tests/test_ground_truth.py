@@ -119,3 +119,60 @@ def test_training_ablation_is_the_toolkits_zero_mask(random_tiny):
     assert torch.allclose(ours[rows], zeroed[rows], atol=1e-4)
     assert torch.allclose(ours[~rows], plain[~rows], atol=1e-5)
     assert (ours[rows] - plain[rows]).abs().max() > 1e-3
+
+
+# --- the shipped ground-truth checkpoint ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted():
+    """The planted design, as the checkpoint's training run recorded it."""
+    from argparse import Namespace
+
+    from mech.zoo.runs import planted_sites
+
+    return planted_sites(Namespace(**json.loads((CKPT / "training_log.json").read_text())["args"]))
+
+
+@pytest.fixture(scope="module")
+def masking(planted):
+    """Zero-masking scores at every layer on 150 clean test samples (the toolkit's sweep)."""
+    from mech.zoo.review_card import masking_scores
+
+    samples = shapes("test", n=150, seed=0)
+    return samples, masking_scores(CKPT, samples)
+
+
+def test_checkpoint_is_a_plain_small_llava():
+    config = json.loads((CKPT / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"] and "auto_map" not in config
+    assert (CKPT / "model.safetensors").stat().st_size <= 30e6
+    model = mech.load("tiny-review")
+    assert type(model.nn._module).__name__ == "LlavaForConditionalGeneration" and model.n_layers == 8
+
+
+def test_discovery_recovers_the_planted_layers_blind(planted, masking):
+    from mech.zoo.review_card import discovery
+
+    samples, scores = masking
+    assert scores["none"].mean() >= 0.85
+    found = discovery(scores)
+    assert found.review_layer is not None, found.reason  # not the fallback
+    assert found.review_layer == planted.review and found.post_layer == planted.review - 1
+    assert set(found.fusion_layers) == set(planted.fusion), found.reason
+    assert found.review_frequency[planted.review] >= 0.9
+    assert min(found.fusion_frequency[L] for L in planted.fusion) >= 0.5
+
+
+def test_the_weights_keep_the_planted_attention_pattern(planted):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mech.zoo.planted import image_attention_by_site
+
+    model = LlavaForConditionalGeneration.from_pretrained(CKPT, local_files_only=True).eval()
+    processor = AutoProcessor.from_pretrained(CKPT, local_files_only=True)
+    mass = image_attention_by_site(model, processor, shapes("test", n=20, seed=0), planted)
+    off = [L for L in range(model.config.text_config.num_hidden_layers) if L != planted.review]
+    assert mass["answer"][planted.review] >= 0.2
+    assert max(mass["answer"][L] for L in off) <= 0.02  # the last token reads the image only there
+    assert max(mass["summary"][L] for L in planted.fusion) >= 0.2
+    assert max(mass["other"]) <= 0.02

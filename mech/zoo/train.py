@@ -40,9 +40,23 @@ CURRICULUM = (  # (stage, share of phase-1 steps)
 FINAL = Stage("final", n_max=4)
 
 
+# ``--preset review``: the ground-truth model of data/tiny-llava-review (see its card). It
+# starts from the shipped tiny model (vision tower and decoder), so it trains in well under
+# the time the tiny model itself took.
+PRESETS = {
+    "review": dict(plant=True, plant_fusion="1,2", plant_review=6, newline_token=True, answer_tokens=3,
+                   review_dropout=0.4, fusion_answers="1,2,3,4", site_weight=5.0, hold=0.4, anneal=0.3,
+                   bias_start=12.0, init=DEFAULT_DIR, steps=0, phase3_steps=1200, lr3=5e-4, eval_every=100,
+                   out="data/tiny-llava-review"),
+}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mech.zoo.train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="a named design's settings as defaults (flags given still override them): "
+                         "review = the ground-truth model with planted fusion and review layers")
     ap.add_argument("--seed", type=int, default=0, help="seeds weights and the training-data stream")
     ap.add_argument("--out", default=DEFAULT_DIR, help="output folder")
     ap.add_argument("--steps", type=int, default=2400, help="total optimizer steps (both phases)")
@@ -95,6 +109,9 @@ def parse_args(argv=None):
     ap.add_argument("--init", default=None, help="start from this checkpoint folder instead of random weights")
     ap.add_argument("--eval-every", type=int, default=200, help="steps between validation checks")
     ap.add_argument("--n-test", type=int, default=500, help="test samples for the final metrics")
+    preset = ap.parse_known_args(argv)[0].preset
+    if preset:
+        ap.set_defaults(**PRESETS[preset])
     return ap.parse_args(argv)
 
 
