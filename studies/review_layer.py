@@ -82,7 +82,10 @@ def main(argv=None) -> xr.Dataset:
     marks = {"fusion": chosen.fusion, "review": chosen.review, "fallback": chosen.source == "fallback"}
     output.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
     print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
-          f"post-integrated layer {chosen.post}\n    {chosen.reason}")
+          f"post-integrated layer {chosen.post}")
+    if chosen.source != "given":  # how often a resample of the samples selects each discovered layer
+        print(f"    {layer_choice.discover(masking, seed=args.seed).frequencies_text()}")
+    print(f"    {chosen.reason}")
     by_type = layer_choice.discover_by_type(masking, seed=args.seed)
     for qtype, found in by_type.items():
         print(f"    {qtype:<8} fusion {list(found['fusion'])}, review "
