@@ -6,11 +6,15 @@ no review layer is found, the study says so and falls back to the paper's review
 at its relative depth, at least three from the end (`mech.default_review_layer`: 29 of
 32, 25 of 28, 5 of 8), labelled
 ``"fallback"`` everywhere it is used.
+
+How settled the discovered layers are is said with them (`Layers.lines`): how often each
+is selected over bootstrap resamples of the samples (`mech.discovery`), and, when the
+answer is not stable, that it is the sample size speaking (with ``n``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
@@ -23,10 +27,49 @@ class Layers:
     post: int
     source: str     # "given", "discovered" or "fallback"
     reason: str
+    discovery: object = field(default=None, compare=False, repr=False)  # the LayerDiscovery, when run
+
+    def frequencies(self) -> dict:
+        """How often the discovery selects each layer over bootstrap resamples ({} when not run)."""
+        d = self.discovery
+        if d is None or not d.fusion_frequency:
+            return {}
+        a = d.stats.attrs
+        return {"n_samples": int(a["n_samples"]), "n_bootstrap": int(a["n_bootstrap"]),
+                "fusion": {str(k): round(v, 4) for k, v in d.fusion_frequency.items() if v > 0},
+                "review": {str(k): round(v, 4) for k, v in d.review_frequency.items() if v > 0},
+                "no_review": round(float(a["no_review_frequency"]), 4),
+                "this_answer": round(float(a["answer_frequency"]), 4), "stable": bool(a["stable"])}
 
     def attrs(self) -> dict:
-        return {"fusion_layers": list(self.fusion), "review_layer": self.review, "post_layer": self.post,
-                "layers_source": self.source, "layers_reason": self.reason}
+        out = {"fusion_layers": list(self.fusion), "review_layer": self.review, "post_layer": self.post,
+               "layers_source": self.source, "layers_reason": self.reason}
+        if self.frequencies():
+            out["discovery_frequencies"] = self.frequencies()
+        return out
+
+    def lines(self) -> list[str]:
+        """What a study prints about its layers: the answer, then how settled it is."""
+        out = [f"layers ({self.source}): fusion S = {{{', '.join(map(str, self.fusion))}}}, review layer "
+               f"{self.review}, post-integrated layer {self.post}"]
+        f = self.frequencies()
+        if f:
+            share = lambda x: f"{100 * x:.0f}%"
+            found = self.discovery
+            text = (f"    S = {{{', '.join(map(str, found.fusion_layers))}}} — selected in "
+                    + (", ".join(share(found.fusion_frequency[L]) for L in found.fusion_layers) or "–")
+                    + f" of {f['n_bootstrap']:,} resamples of the {f['n_samples']:,} samples")
+            if self.source != "given":
+                text += (f"; review layer {found.review_layer} — {share(found.review_frequency[found.review_layer])}"
+                         if found.review_layer is not None else f"; no review layer — {share(f['no_review'])}")
+            out.append(text)
+            if not f["stable"]:
+                out.append(f"    not stable: with n = {f['n_samples']} samples another draw of the samples gives "
+                           f"another answer ({100 * f['this_answer']:.0f}% of resamples give this one); read the "
+                           "layers as a sample-size question, not a property of the model, or use more samples")
+        if self.source != "given":
+            out.append(f"    {self.reason}")
+        return out
 
 
 def check_layers(args, model) -> None:
@@ -104,17 +147,38 @@ def resolve(args, model, masking: xr.Dataset | None) -> Layers:
         post = model.check_layer(args.post if args.post is not None else review - 1, "post-integrated layer")
         found = discover(masking, seed=args.seed) if fusion is None and masking is not None else None
         return Layers(fusion if fusion is not None else (found.fusion_layers if found else ()),
-                      review, post, "given", "review layer given with --review")
+                      review, post, "given", "review layer given with --review", found)
     found = discover(masking, seed=args.seed)
     fusion = fusion if fusion is not None else found.fusion_layers
     if found.review_layer is not None:
         post = found.post_layer if args.post is None else model.check_layer(args.post, "post-integrated layer")
-        return Layers(fusion, found.review_layer, post, "discovered", found.reason)
+        return Layers(fusion, found.review_layer, post, "discovered", found.reason, found)
     review = mech.default_review_layer(model.n_layers)
     post = review - 1 if args.post is None else model.check_layer(args.post, "post-integrated layer")
     return Layers(fusion, review, post, "fallback",
                   f"{found.reason} Falling back to the paper's review layer at its relative depth (29 of 32), "
-                  f"at least three from the end: review layer {review} of {model.n_layers}.")
+                  f"at least three from the end: review layer {review} of {model.n_layers}.", found)
+
+
+def setup(args, steps: int = 2):
+    """Model, samples and layers for a contrastive study: every option checked before the
+    first generation, then the layer-masking sweep when the layers are to be discovered
+    (phase 1 of ``steps``), its answer printed with how settled it is."""
+    from mech import progress
+
+    from . import inputs
+    from .layer_masking import sweep as masking_sweep
+
+    model, samples = inputs.start(args)
+    masking = None
+    if args.review is None or args.fusion is None:
+        title = f"1/{steps} layer-masking sweep (the layers)"
+        print(title)
+        with progress.phase(title):
+            masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **inputs.run_options(args))
+    chosen = resolve(args, model, masking)
+    print("\n".join(chosen.lines()))
+    return model, samples, chosen
 
 
 if __name__ == "__main__":

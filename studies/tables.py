@@ -3,8 +3,10 @@
 Accuracies as percentages with one decimal (``81.2%``), differences in percentage points
 with a sign (``+1.5``), CIs in brackets in the same points, p-values with three decimals
 (``<0.001`` below that), the unmasked model as a row of its own, units in the headers, and
-under the table a one-line legend for every abbreviation it uses. The same `Table` renders
-as aligned text (`Table.text`, what a study prints) and as Markdown (`Table.markdown`).
+under the table a one-line legend for every abbreviation it uses (in printed text, once per
+command: a line an earlier table printed is not repeated). The same `Table` renders as
+aligned text (`Table.text`, what a study prints) and as Markdown (`Table.markdown`, always
+with its whole legend).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ LEGEND = {
     "n": "n: samples",
     "H": "H: Hellinger distance of A(i) to the final layer's A (0: the same attention, 1: disjoint)",
 }
+
+
+SHOWN: set[str] = set()  # legend lines printed so far by this process
 
 
 def percent(x) -> str:
@@ -91,7 +96,8 @@ class Table:
     def legend_lines(self) -> list[str]:
         return [LEGEND.get(key, key) for key in dict.fromkeys(self.legend)] + ([self.note] if self.note else [])
 
-    def text(self) -> str:
+    def text(self, repeat: bool = False) -> str:
+        """Aligned columns and the legend lines not yet printed (all with ``repeat``)."""
         rows = [r for r in self.rows if r is not None]
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(self.headers)]
 
@@ -104,7 +110,9 @@ class Table:
         out += ["" if r is None else line(r) for r in self.rows]
         while out and out[-1] == "":
             out.pop()
-        return "\n".join(out + self.legend_lines())
+        legend = [line for line in self.legend_lines() if repeat or line not in SHOWN]
+        SHOWN.update(legend)
+        return "\n".join(out + legend)
 
     def markdown(self) -> str:
         out = [f"**{self.title}**", ""] if self.title else []
@@ -115,7 +123,7 @@ class Table:
         return "\n".join(out + ([""] + [f"{line}  " for line in legend] if legend else []))
 
     def __str__(self) -> str:
-        return self.text()
+        return self.text(repeat=True)
 
 
 if __name__ == "__main__":
