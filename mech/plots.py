@@ -264,8 +264,10 @@ def baselines(ds: xr.Dataset):
     ci = ds["difference_ci"].sel(row=row).values * PERCENT
     right.errorbar(systems, diff, yerr=[diff - ci[:, 0], ci[:, 1] - diff], fmt="o", capsize=4, color="0.2")
     right.axhline(0, color="0.3", ls="--", lw=1)
-    right.set_ylabel(f"method − unmasked model (points, {row})")
-    right.set_title("paired 95% CI", fontsize=8)
+    reach = float(np.nanmax(np.abs(ci))) if np.isfinite(ci).any() else 0.0
+    right.set_ylim(-max(5.0, 1.1 * reach), max(5.0, 1.1 * reach))  # symmetric, never a 1e-17 axis
+    right.set_ylabel("method − unmasked (points)")
+    right.set_title(f"{row}: paired 95% CI", fontsize=8)
     right.tick_params(axis="x", rotation=20)
     _title(fig, "Training-free methods against the unmasked model", ds.attrs, counts)
     _finish(fig, [left])

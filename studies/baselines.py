@@ -105,7 +105,7 @@ def table(ds: xr.Dataset, seed: int) -> xr.Dataset:
     return stacked.rename({v: f"table_{v}" for v in ("accuracy", "baseline_accuracy", "n_samples")})
 
 
-def format_table(t: xr.Dataset) -> str:
+def methods_table(t: xr.Dataset):
     """The paper's Table 2: accuracy per dataset for the unmasked model and each method,
     then each method against the unmasked model on the last row (a dataset, or the
     average) with Δ, its CI and p."""
@@ -123,7 +123,18 @@ def format_table(t: xr.Dataset) -> str:
         table.add(SYSTEMS.get(str(s), str(s)), *[percent(one["table_accuracy"].sel(row=r)) for r in rows],
                   points(one["difference"].sel(row=last)), interval(*one["difference_ci"].sel(row=last).values),
                   p_value(one["p_value"].sel(row=last)))
-    return table.text()
+    return table
+
+
+def format_table(t) -> str:
+    return methods_table(t).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``baselines.nc``."""
+    table = methods_table(ds)
+    table.title = "Training-free methods (the paper's Table 2)"
+    return [table]
 
 
 def dola_histogram(model, samples_by_dataset, dola, out, **run_options) -> xr.DataArray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -76,9 +77,9 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
 
 
 def studies() -> list[str]:
-    """The study modules (``python -m studies.NAME``): those run as a command through `cli`."""
+    """The study modules (``python -m studies.NAME``): those whose command is built on `parser`."""
     folder = Path(__file__).parent
-    return sorted(p.stem for p in folder.glob("*.py") if "cli.cli(main)" in p.read_text())
+    return sorted(p.stem for p in folder.glob("*.py") if re.search(r"=\s*cli\.parser\(", p.read_text()))
 
 
 def not_a_study(module: str) -> None:

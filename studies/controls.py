@@ -216,6 +216,24 @@ def prefixed(t: xr.Dataset, prefix: str) -> xr.Dataset:
     return t.rename({"setting": "table_setting"})
 
 
+def unprefixed(ds: xr.Dataset, prefix: str) -> xr.Dataset:
+    """The `table` that `prefixed` merged into a saved dataset, back under its own names."""
+    t = ds[[v for v in ds.data_vars if v.startswith(f"{prefix}_") and f"{prefix}_row" in ds[v].dims]]
+    return t.rename({v: v.removeprefix(f"{prefix}_") for v in t.data_vars} | {f"{prefix}_row": "row",
+                                                                            "table_setting": "setting"})
+
+
+def report_tables(ds: xr.Dataset) -> list:
+    """The tables `studies.report` shows for a saved ``controls.nc``."""
+    seeds = int(ds.attrs["seeds"]) if "seeds" in ds.attrs else None
+    tables = [summary_table(unprefixed(ds, "table"), seeds=seeds)]
+    tables[0].title = "Contrastive attention against the unmasked model and the controls"
+    if "type_row" in ds.dims:
+        tables.append(summary_table(unprefixed(ds, "type"), "dataset/type", seeds=seeds))
+        tables[1].title = "The same by question type"
+    return tables
+
+
 def markdown(t: xr.Dataset, seeds: int | None = None) -> str:
     """The summary as a Markdown table (the same cells as the printed one)."""
     return summary_table(t, seeds=seeds).markdown()

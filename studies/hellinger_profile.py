@@ -60,7 +60,7 @@ def check(ds: xr.Dataset, post_layer=None, seed: int = 0):
                                seed=seed)
 
 
-def format_table(ds: xr.Dataset) -> str:
+def profile_table(ds: xr.Dataset):
     """Mean Hellinger distance (and its 25-75% spread) per layer and dataset."""
     from .tables import Table, number
 
@@ -73,7 +73,18 @@ def format_table(ds: xr.Dataset) -> str:
              for d in datasets}
         t.add(int(layer), *[number(np.nanmean(h[d])) for d in datasets],
               *[f"{np.nanpercentile(h[d], 25):.3f}-{np.nanpercentile(h[d], 75):.3f}" for d in datasets])
-    return t.text()
+    return t
+
+
+def format_table(ds) -> str:
+    return profile_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``hellinger_profile.nc``."""
+    table = profile_table(ds)
+    table.title = "Hellinger distance to the final layer's attention"
+    return [table]
 
 
 def main(argv=None) -> xr.Dataset:

@@ -42,7 +42,7 @@ def check_sweep(args) -> None:
                                 "the sweep")
 
 
-def format_table(ds: xr.Dataset) -> str:
+def masking_table(ds: xr.Dataset):
     """Accuracy (with its CI), changed predictions and 1/t per masked layer and dataset,
     the unmasked model first."""
     from .tables import Table, accuracy_interval, number, percent
@@ -62,7 +62,18 @@ def format_table(ds: xr.Dataset) -> str:
             t.add("", int(layer), percent(x["accuracy"]), accuracy_interval(*x["accuracy_ci"].values),
                   int(x["changed"]), number(x["mean_inverse_time"], 2))
         t.gap()
-    return t.text()
+    return t
+
+
+def format_table(ds) -> str:
+    return masking_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``layer_masking.nc``."""
+    table = masking_table(ds)
+    table.title = "Accuracy and 1/t by masked layer"
+    return [table]
 
 
 def main(argv=None) -> xr.Dataset:

@@ -28,7 +28,7 @@ def sweep(model, samples_by_dataset: dict, chosen, *, out, ratios, lam: float, c
     return ds
 
 
-def format_table(ds: xr.Dataset) -> str:
+def ratio_table(ds: xr.Dataset):
     """Accuracy (with its CI), changed predictions and 1/t per ratio and dataset, the
     unmasked model first."""
     from .tables import Table, accuracy_interval, number, percent
@@ -44,7 +44,18 @@ def format_table(ds: xr.Dataset) -> str:
             t.add("", f"{float(r):g}", percent(x["accuracy"]), accuracy_interval(*x["accuracy_ci"].values),
                   int(x["changed"]), number(x["mean_inverse_time"], 2))
         t.gap()
-    return t.text()
+    return t
+
+
+def format_table(ds) -> str:
+    return ratio_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``mask_ratio.nc``."""
+    table = ratio_table(ds)
+    table.title = "Accuracy and 1/t by mask ratio"
+    return [table]
 
 
 def main(argv=None) -> xr.Dataset:

@@ -39,7 +39,7 @@ def histogram(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: 
     return ds
 
 
-def format_table(ds: xr.Dataset) -> str:
+def choice_table(ds: xr.Dataset):
     """Share of samples per chosen pre-integrated layer, per dataset."""
     from .tables import Table, percent
 
@@ -50,7 +50,18 @@ def format_table(ds: xr.Dataset) -> str:
                       "chosen per sample; the cells are the share of each dataset's samples choosing it"])
     for layer in ds["layer"].values:
         t.add(int(layer), *[percent(ds["frequency"].sel(dataset=d, layer=layer)) for d in datasets])
-    return t.text()
+    return t
+
+
+def format_table(ds) -> str:
+    return choice_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``pre_layer.nc``."""
+    table = choice_table(ds)
+    table.title = "The chosen pre-integrated layer"
+    return [table]
 
 
 def main(argv=None) -> xr.Dataset:

@@ -43,6 +43,22 @@ def paired_table(ds: xr.Dataset, seed: int, dim: str = "intervention", coord="co
 
 
 def format_table(table: xr.Dataset) -> str:
+    return table1(table).text()
+
+
+def report_tables(ds: xr.Dataset) -> list:
+    """The tables `studies.report` shows for a saved ``review_layer.nc``."""
+    seeds = int(ds.attrs["seeds"]) if "seeds" in ds.attrs else None
+    first = controls.summary_table(controls.unprefixed(ds, "controls"), seeds=seeds)
+    first.title = "No intervention vs contrastive attention and the controls"
+    t1 = ds[[v for v in ds.data_vars if v.startswith("table1_")]]
+    t1 = t1.rename({v: v.removeprefix("table1_") for v in t1.data_vars} | {"table1_row": "row"})
+    second = table1(t1)
+    second.title = "The paper's Table 1 row"
+    return [first, second]
+
+
+def table1(table: xr.Dataset):
     """The paper's Table 1 row: per dataset (and the average), the unmasked model and
     contrastive attention, Δ with its CI and p, n."""
     from .tables import Table, interval, p_value, percent, points
@@ -55,7 +71,7 @@ def format_table(table: xr.Dataset) -> str:
         r = table.sel(row=row)
         t.add(str(row), percent(r["baseline_accuracy"]), percent(r["contrastive_accuracy"]), points(r["difference"]),
               interval(*r["difference_ci"].values), p_value(r["p_value"]), int(r["n_samples"]))
-    return t.text()
+    return t
 
 
 def main(argv=None) -> xr.Dataset:

@@ -53,7 +53,7 @@ def evaluate(model, samples_by_dataset: dict, chosen, *, out, rho: float, lam: f
     return ds
 
 
-def format_table(ds: xr.Dataset) -> str:
+def strategy_table(ds: xr.Dataset):
     """Accuracy per candidate set and dataset, the unmasked model first."""
     from .tables import Table, percent
 
@@ -66,7 +66,18 @@ def format_table(ds: xr.Dataset) -> str:
     for s in ds["strategy"].values:
         t.add(str(s), ",".join(map(str, sets.get(str(s), []))),
               *[percent(ds["accuracy"].sel(dataset=d, strategy=s)) for d in datasets])
-    return t.text()
+    return t
+
+
+def format_table(ds) -> str:
+    return strategy_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``strategies.nc``."""
+    table = strategy_table(ds)
+    table.title = "Accuracy by candidate set"
+    return [table]
 
 
 def main(argv=None) -> xr.Dataset:

@@ -5,8 +5,8 @@ with a sign (``+1.5``), CIs in brackets in the same points, p-values with three 
 (``<0.001`` below that), the unmasked model as a row of its own, units in the headers, and
 under the table a one-line legend for every abbreviation it uses (in printed text, once per
 command: a line an earlier table printed is not repeated). The same `Table` renders as
-aligned text (`Table.text`, what a study prints) and as Markdown (`Table.markdown`, always
-with its whole legend).
+aligned text (`Table.text`, what a study prints), as Markdown (`Table.markdown`) and as
+HTML (`Table.html`, for `studies.report`), the last two always with their whole legend.
 """
 
 from __future__ import annotations
@@ -121,6 +121,21 @@ class Table:
         out += ["| " + " | ".join(r) + " |" for r in self.rows if r is not None]
         legend = self.legend_lines()
         return "\n".join(out + ([""] + [f"{line}  " for line in legend] if legend else []))
+
+    def html(self) -> str:
+        """The table as an HTML ``<table>`` with its whole legend under it (`studies.report`)."""
+        from html import escape
+
+        def cells(row, tag):
+            return "".join(f'<{tag} class="{"num" if i in self.numeric else "txt"}">{escape(c)}</{tag}>'
+                           for i, c in enumerate(row))
+
+        body = "".join("<tr class=\"gap\"><td colspan=\"%d\"></td></tr>" % len(self.headers) if r is None
+                       else f"<tr>{cells(r, 'td')}</tr>" for r in self.rows)
+        caption = f"<caption>{escape(self.title)}</caption>" if self.title else ""
+        legend = "".join(f"<li>{escape(line)}</li>" for line in self.legend_lines())
+        return (f"<table>{caption}<thead><tr>{cells(self.headers, 'th')}</tr></thead><tbody>{body}</tbody></table>"
+                + (f'<ul class="legend">{legend}</ul>' if legend else ""))
 
     def __str__(self) -> str:
         return self.text(repeat=True)
