@@ -22,6 +22,8 @@ DEFAULT_OUT = Path("runs")
 
 
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser every study starts from (kept in ``CURRENT["parser"]``: what ``--help``
+    shows is what the tests compare with the parsed defaults)."""
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny",
@@ -73,6 +75,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true",
                    help="show no progress at all (no bars, no progress lines, no 'Loading weights' bar); results, "
                         "warnings and errors are still printed")
+    CURRENT["parser"] = p
     return p
 
 

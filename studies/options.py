@@ -137,7 +137,7 @@ def read(args) -> None:
 
 def _choice(option: str, value: str, choices) -> str:
     if value not in choices:
-        raise cli.UsageError(f"{option} {value}: use {', '.join(choices)}")
+        raise cli.UsageError(f"{option} {value}: use {', '.join(choices[:-1])} or {choices[-1]}")
     return value
 
 
