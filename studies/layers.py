@@ -56,19 +56,25 @@ class Layers:
         if f:
             share = lambda x: f"{100 * x:.0f}%"
             found = self.discovery
+            over = f" of {f['n_bootstrap']:,} resamples of the {f['n_samples']:,} samples"
             text = (f"    S = {{{', '.join(map(str, found.fusion_layers))}}} — selected in "
-                    + (", ".join(share(found.fusion_frequency[L]) for L in found.fusion_layers) or "–")
-                    + f" of {f['n_bootstrap']:,} resamples of the {f['n_samples']:,} samples")
+                    + ", ".join(share(found.fusion_frequency[L]) for L in found.fusion_layers) + over
+                    if found.fusion_layers else
+                    f"    S = {{}} — no layer is a fusion layer in more than "
+                    f"{share(max(found.fusion_frequency.values(), default=0))}" + over)
             if self.source != "given":
                 text += (f"; review layer {found.review_layer} — {share(found.review_frequency[found.review_layer])}"
                          if found.review_layer is not None else f"; no review layer — {share(f['no_review'])}")
+            text += f"; this exact answer {share(f['this_answer'])}" + ("" if f["stable"] else
+                                                                         f" (not stable at n = {f['n_samples']:,})")
             out.append(text)
-            if not f["stable"]:
-                out.append(f"    not stable: with n = {f['n_samples']} samples another draw of the samples gives "
-                           f"another answer ({100 * f['this_answer']:.0f}% of resamples give this one); read the "
-                           "layers as a sample-size question, not a property of the model, or use more samples")
         if self.source != "given":
-            out.append(f"    {self.reason}")
+            import textwrap
+
+            import re
+
+            reason = re.sub(r"\s*Selected in [^.]*\.", "", self.reason)  # said in the line above
+            out += textwrap.wrap(reason, 110, initial_indent="    ", subsequent_indent="    ")
         return out
 
 
