@@ -123,7 +123,7 @@ class _Phase:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.show and time.monotonic() - self.last_line >= EVERY:
+        elif self.show and self.done < self.total and time.monotonic() - self.last_line >= EVERY:
             self.line()
 
     def describe(self, detail: str) -> None:
@@ -201,7 +201,7 @@ class _Task:
 
 def task(label: str, total: int, *, show: bool = True, unit: str = "run-sample") -> _Task:
     """A run of ``total`` units named ``label``: it advances the running phase, or a bar of
-    its own outside one (``show=False``: nothing is shown outside a phase)."""
+    its own outside one, counted in ``unit`` (``show=False``: nothing is shown outside a phase)."""
     if _PHASE is not None:
         _PHASE.claim(total)
         _PHASE.describe(label)

@@ -252,7 +252,7 @@ def test_a_ci_and_its_p_value_never_contradict():
 
     rng = np.random.default_rng(0)
     agree = 0
-    for trial in range(150):
+    for trial in range(80):
         n = int(rng.integers(5, 80))
         a = (rng.random(n) < rng.uniform(0.3, 0.9)).astype(float)
         b = np.where(rng.random(n) < rng.uniform(0.0, 0.3), 1 - a, a)  # a few discordant pairs
@@ -260,6 +260,6 @@ def test_a_ci_and_its_p_value_never_contradict():
         excludes = r["low"] > 0 or r["high"] < 0
         assert excludes == (r["p_value"] < 0.05), (trial, r)
         agree += excludes
-    assert 10 < agree < 140  # both kinds of case occurred
+    assert 5 < agree < 75  # both kinds of case occurred
     same = stats.paired_bootstrap_diff(np.ones(10), np.ones(10))
     assert same == {"mean_diff": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}

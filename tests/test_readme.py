@@ -39,15 +39,17 @@ def blocks(text: str) -> list[tuple[int, str, str | None]]:
 
 
 RUNNER = """
-import json, sys, traceback
+import json, linecache, sys, traceback
 import matplotlib
 matplotlib.use("Agg")
 import torch
 torch.set_num_threads(1)
 namespace = {"__name__": "__readme__"}
 for line, source in json.load(open(sys.argv[1])):
+    name = f"README.md:{line}"
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)  # nnsight reads a trace's source
     try:
-        exec(compile(source, f"README.md:{line}", "exec"), namespace)
+        exec(compile(source, name, "exec"), namespace)
     except Exception:
         print(f"README block at line {line} failed:\\n" + traceback.format_exc(), file=sys.stderr)
         sys.exit(1)

@@ -64,7 +64,7 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
                chunk_size, extras, remote, decoder=decoder, protocol=protocol, model_fingerprint=model_fingerprint)
     # one bar: the running phase's, or this run's own (mech.progress)
     bar = progress_mod.task(run_label(samples, label(decoder if decoder is not None else intervention)), len(samples),
-                            show=progress)
+                            show=progress, unit="sample")
 
     def compute(chunk, todo):
         new = []
