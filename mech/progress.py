@@ -52,9 +52,11 @@ def enabled() -> bool:
 
 def set_enabled(flag: bool) -> None:
     """Show progress or nothing at all: also switches transformers' and huggingface_hub's
-    bars (the "Loading weights" bar of ``from_pretrained``)."""
+    bars (the "Loading weights" bar of ``from_pretrained``), which are kept off as well
+    where the output is not a terminal (their carriage returns would fill a log)."""
     global _ENABLED
     _ENABLED = bool(flag)
+    flag = _ENABLED and _interactive()
     try:
         from transformers.utils import logging as hf_logging
 

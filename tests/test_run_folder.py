@@ -22,7 +22,7 @@ from studies import cli
 
 SMALL = ["--datasets", "shapes", "--limit", "3", "--batch-size", "3", "--max-new-tokens", "1", "--no-progress"]
 EXTRA = {  # study -> its own options (layers given where the study allows, so it skips the sweep)
-    "controls": ["--review", "3", "--seeds", "1", "--controls", "random,high-ia"],
+    "controls": ["--review", "3", "--seeds", "1", "--controls", "random,high-ia", "--markdown"],
     "mask_ratio": ["--review", "3", "--fusion", "1,2", "--rho", "0,0.5,1"],
     "pre_layer": ["--review", "3", "--fusion", "1,2"],
     "strategies": ["--review", "3", "--fusion", "1,2"],
@@ -41,6 +41,12 @@ def folder(checkpoint, tmp_path_factory):
         module = importlib.import_module(f"studies.{study}")
         module.main(["--model", checkpoint, "--out", str(out), *SMALL, *EXTRA.get(study, [])])
     return out
+
+
+def test_outputs_stay_under_out(folder):
+    """Before: --markdown wrote to the current folder; now everything lands under --out."""
+    assert (folder / "controls.md").read_text().startswith("| dataset | review | mask at |")
+    assert not Path("controls.md").exists()
 
 
 def figure_of(out: Path, study: str) -> Path:
