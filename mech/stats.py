@@ -3,6 +3,10 @@
 Conventions: per-sample scores live on the last axis (``(..., sample)``); scores are
 correctness in {0, 1} or soft scores in [0, 1] (e.g. VQA accuracy). Every random
 routine takes an integer ``seed`` so results are reproducible.
+
+scipy is imported inside the functions that use it: mech ships its modules by value with
+remote traces, and a module-level reference to ``scipy.stats`` made every ``remote="local"``
+request import it again on deserialisation (about 2.4 s each).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy import stats as _st
 
 __all__ = [
     "bootstrap_ci",
@@ -57,6 +60,8 @@ def bootstrap_ci(
         raise ValueError(f"bootstrap needs at least 2 samples along axis {axis}, got {x.shape}")
     # batch bounds memory: scipy would otherwise materialise (n_resamples, *x.shape).
     batch = max(1, int(2e7 // max(x.size, 1)))
+    from scipy import stats as _st  # imported where used, see the module docstring
+
     res = _st.bootstrap(
         (x,), stat, n_resamples=n_resamples, confidence_level=confidence, method=method,
         axis=axis, vectorized=True, batch=batch, rng=np.random.default_rng(seed),
@@ -152,6 +157,8 @@ def mcnemar(correct_a, correct_b, *, exact: bool | None = None) -> dict:
     n = b + c
     use_exact = n < EXACT_BELOW if exact is None else np.full(np.shape(n), bool(exact))
     safe_n = np.maximum(n, 1)
+    from scipy import stats as _st
+
     p_exact = np.minimum(1.0, 2 * _st.binom.cdf(np.minimum(b, c), n, 0.5))
     chi = np.where(n > 0, np.maximum(np.abs(b - c) - 1, 0) ** 2 / safe_n, 0.0)
     p_chi = _st.chi2.sf(chi, 1)
