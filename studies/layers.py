@@ -82,9 +82,9 @@ def check_layers(args, model) -> None:
     """--review, --post and --fusion against the model's layers, before any sweep
     (``args`` as `studies.options.read` left them: ``review`` one layer or a grid's tuple)."""
     from . import cli
-    from .options import values
 
-    reviews = [] if args.review is None else [cli.layer_option(model, "--review", r) for r in values(args, "review")]
+    given = args.review if isinstance(args.review, tuple) else (args.review,)
+    reviews = [] if args.review is None else [cli.layer_option(model, "--review", r) for r in given]
     post = None if args.post is None else cli.layer_option(model, "--post", args.post)
     for review in reviews:
         if post is None and review < 1:
@@ -145,11 +145,10 @@ def resolve(args, model, masking: xr.Dataset | None) -> Layers:
     of review layers: the first; the study spans the others)."""
     import mech
 
-    from .options import values
-
     fusion = tuple(args.fusion) if args.fusion else None
     if args.review is not None:
-        review = model.check_layer(values(args, "review")[0], "review layer")
+        first = args.review[0] if isinstance(args.review, tuple) else args.review
+        review = model.check_layer(first, "review layer")
         post = model.check_layer(args.post if args.post is not None else review - 1, "post-integrated layer")
         found = discover(masking, seed=args.seed) if fusion is None and masking is not None else None
         return Layers(fusion if fusion is not None else (found.fusion_layers if found else ()),
