@@ -111,8 +111,12 @@ def pooled(ds: xr.Dataset, var: str) -> xr.DataArray:
 
 def discover_by_type(masking: xr.Dataset, *, seed: int = 0, min_samples: int = 20) -> dict[str, dict]:
     """`mech.discovery.discover_layers` per question type (pooled over datasets), for the
-    types with at least ``min_samples`` samples: ``{type: {fusion, review, post, n, reason}}``."""
-    from mech.discovery import discover_layers
+    types with at least ``min_samples`` samples: ``{type: {fusion, review, post, n, reason,
+    this_answer, stable}}`` (``this_answer``: the share of bootstrap resamples giving this
+    type's answer; its instability is said in `by_type_lines`, not warned once per type)."""
+    import warnings
+
+    from mech.discovery import DiscoveryWarning, discover_layers
 
     if "question_type" not in masking.coords:
         return {}
@@ -125,9 +129,25 @@ def discover_by_type(masking: xr.Dataset, *, seed: int = 0, min_samples: int = 2
         keep = np.flatnonzero(types == qtype)
         if len(keep) < min_samples:
             continue
-        found = discover_layers(correct.isel(sample=keep), baseline=baseline.isel(sample=keep), seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DiscoveryWarning)
+            found = discover_layers(correct.isel(sample=keep), baseline=baseline.isel(sample=keep), seed=seed)
+        a = found.stats.attrs
         out[qtype] = {"fusion": list(found.fusion_layers), "review": found.review_layer, "post": found.post_layer,
-                      "n": int(len(keep)), "reason": found.reason}
+                      "n": int(len(keep)), "reason": found.reason,
+                      "this_answer": round(float(a.get("answer_frequency", float("nan"))), 4),
+                      "stable": bool(a.get("stable", True))}
+    return out
+
+
+def by_type_lines(by_type: dict) -> list[str]:
+    """The per-type answers as printed: layers, n and how often a resample gives the answer."""
+    out = []
+    for qtype, found in by_type.items():
+        settled = "" if found["stable"] else ", not stable"
+        out.append(f"    {qtype:<8} fusion {{{', '.join(map(str, found['fusion']))}}}, review "
+                   f"{found['review'] if found['review'] is not None else 'none'} (n={found['n']}; this answer in "
+                   f"{100 * found['this_answer']:.0f}% of resamples{settled})")
     return out
 
 

@@ -93,9 +93,8 @@ def main(argv=None) -> xr.Dataset:
     output.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
     print("2/4 " + "\n".join(chosen.lines()))
     by_type = layer_choice.discover_by_type(masking, seed=args.seed)
-    for qtype, found in by_type.items():
-        print(f"    {qtype:<8} fusion {list(found['fusion'])}, review "
-              f"{found['review'] if found['review'] is not None else 'none'} (n={found['n']})")
+    if by_type:
+        print("    by question type:\n" + "\n".join(layer_choice.by_type_lines(by_type)))
 
     print("3/4 Hellinger profile")
     with progress.phase("3/4 Hellinger profile"):
