@@ -83,8 +83,9 @@ def _interactive() -> bool:
     if "ipykernel" in sys.modules:  # Jupyter: tqdm.auto draws a widget
         return True
     try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
+        # a terminal of width 0 (a pty nobody sized) draws no bar at all: plain lines there
+        return sys.stderr.isatty() and os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):
         return False
 
 
