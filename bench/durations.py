@@ -22,14 +22,20 @@ from pathlib import Path
 COMMANDS = {"review_layer": ["-m", "studies.review_layer", "--no-progress"]}
 
 
-def measure(name: str, argv: list[str]) -> dict:
+def measure(name: str, argv: list[str], keep: Path | None = None) -> dict:
+    """Run one command on an empty folder (``keep``: that folder, kept; it must be empty)."""
     from mech import progress
 
     before = progress.machine_load()
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) if keep is None else keep / name
+        if out.exists() and any(out.iterdir()):
+            raise SystemExit(f"--keep {keep}: {out} is not empty; the commands are timed from nothing")
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, *argv, "--out", out], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, *argv, "--out", str(out)], capture_output=True, text=True)
         seconds = time.perf_counter() - start
+        if keep is not None:
+            (out / f"{name}.stdout").write_text(done.stdout)
     if done.returncode:
         raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     after = progress.machine_load()
@@ -44,11 +50,14 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="write the durations as JSON here")
     p.add_argument("--only", default=",".join(COMMANDS), help=f"comma-separated: {', '.join(COMMANDS)}")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="keep each command's outputs (and its printed output) in KEEP/<name> instead of a temporary "
+                        "folder")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     found = {}
     for name in [n for n in args.only.split(",") if n]:
-        found[name] = measure(name, COMMANDS[name])
+        found[name] = measure(name, COMMANDS[name], args.keep)
         r = found[name]
         print(f"{name}: {r['seconds']:.0f} s on {r['cores']} cores, load {r['load_before']:.1f} -> "
               f"{r['load_after']:.1f}, {r['torch_threads']} torch threads")

@@ -343,7 +343,7 @@ def _controls_heatmap(table, rows, settings, columns, counts, diff, low, high, a
             for s in range(n_rows):
                 for r in range(n_cols):
                     ax.text(r, s, f"{values[s, r]:+.1f}" + ("*" if significant[r, s, c] else ""), ha="center",
-                            va="center", fontsize=5.5, color="black")
+                            va="center", fontsize=5.5, color="white" if abs(values[s, r]) > 0.6 * limit else "black")
         ax.set_xticks(range(n_cols), rows, rotation=35, ha="right", fontsize=6.5)
         ax.set_title(f"vs {column}", fontsize=8)
         ax.grid(False)
@@ -352,10 +352,12 @@ def _controls_heatmap(table, rows, settings, columns, counts, diff, low, high, a
             if reviews[s] != reviews[s - 1]:
                 ax.axhline(s - 0.5, color="white", lw=2)
     axes[0, 0].set_yticks(range(n_rows), [_setting_label(s) for s in settings], fontsize=6)
-    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.025, pad=0.01, label="contrastive minus the other (points)")
     _title(fig, "Contrastive attention minus the unmasked model and each control", attrs, counts,
            f"{n_rows} settings; * the paired 95% CI excludes 0")
-    fig.subplots_adjust(left=0.2, right=0.92, bottom=0.12, top=1 - 0.9 / fig.get_figheight(), wspace=0.08)
+    top = 1 - 0.9 / fig.get_figheight()
+    fig.subplots_adjust(left=0.2, right=0.9, bottom=0.12, top=top, wspace=0.08)
+    bar = fig.add_axes((0.92, 0.12 + (top - 0.12) * 0.3, 0.012, (top - 0.12) * 0.4))  # beside the panels, not on one
+    fig.colorbar(image, cax=bar, label="contrastive minus the other (points)")
     return fig
 
 
