@@ -242,7 +242,8 @@ def busy_reasons(state: dict | None = None) -> list[str]:
         out.append(f"the machine is busy: load {s['load']:.1f} on {s['cores']} core{'s' * (s['cores'] != 1)}")
     if s["threads"] > max(1, s["free"]):
         out.append(f"torch runs {s['threads']} threads with about {s['free']} of {s['cores']} cores free "
-                   "(set OMP_NUM_THREADS or torch.set_num_threads to the free cores)")
+                   f"(OMP_NUM_THREADS={max(1, s['free'])} or torch.set_num_threads({max(1, s['free'])}) avoids "
+                   "threads waiting on each other)")
     return out
 
 
