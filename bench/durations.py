@@ -41,7 +41,7 @@ def measure(name: str, argv: list[str], keep: Path | None = None) -> dict:
     after = progress.machine_load()
     return {"command": "python " + " ".join(argv), "seconds": round(seconds, 1), "cores": before["cores"],
             "torch_threads": before["threads"], "load_before": before["load"], "load_after": after["load"],
-            "busy": bool(progress.busy_reasons(before) or progress.busy_reasons(after)),
+            "busy": bool(progress.busy_reasons(before)),  # after: the command's own load is in it
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

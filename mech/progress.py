@@ -215,7 +215,7 @@ def task(label: str, total: int, *, show: bool = True, unit: str = "run-sample")
 
 def machine_load() -> dict:
     """``{"load": 1-minute load average, "cores": usable cores, "threads": torch threads,
-    "free": cores not taken by the load}`` (load None where the system does not say)."""
+    "free": cores not taken by other work}`` (load None where the system does not say)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -230,7 +230,8 @@ def machine_load() -> dict:
         threads = torch.get_num_threads()
     except ImportError:
         threads = 1
-    free = cores if load is None else max(0, cores - int(round(load)))
+    # free: cores the others leave (one runnable task of the load counted as this process)
+    free = cores if load is None else max(0, cores - int(round(max(0.0, load - 1))))
     return {"load": load, "cores": cores, "threads": threads, "free": free}
 
 

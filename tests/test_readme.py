@@ -90,6 +90,8 @@ def test_the_readme_times_come_from_the_files_that_measured_them():
 
     assert last_run() == f"the last full run took {minutes} min (bench/results.json)"
     durations = json.loads((ROOT / "bench" / "durations.json").read_text())
-    job = durations["review_layer"]
-    assert f"{job['seconds']:.0f} s" in text.split("## Two commands", 1)[1].split("## Use", 1)[0]
+    top = text.split("## Two commands", 1)[1].split("## Use", 1)[0]
+    for name, job in durations.items():
+        assert job["command"].startswith("python -m studies.review_layer")
+        assert f"{job['seconds']:.0f} s" in top and f"load {job['load_before']:.1f}" in top, name
     assert "~35 s" not in text
