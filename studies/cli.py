@@ -23,7 +23,8 @@ DEFAULT_OUT = Path("runs")
 
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The parser every study starts from (kept in ``CURRENT["parser"]``: what ``--help``
-    shows is what the tests compare with the parsed defaults)."""
+    shows is what the tests compare with the parsed defaults). Defaults in help texts are
+    argparse's ``%(default)s``, so a study's ``set_defaults`` shows in its ``--help``."""
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny",
@@ -36,7 +37,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="comma-separated: shapes (clean test scenes), shapes-dots / shapes-speckle / shapes-crowd "
                         "(the same model's out-of-distribution scenes with distractors), easyvqa, vqav2, gqa, "
                         "textvqa, okvqa, vizwiz, docvqa, or a dataset registered by an --import module "
-                        "(default: shapes,shapes-dots)")
+                        "(default: %(default)s)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), e.g. one that calls mech.datasets.register "
                         "for a dataset of your own")
@@ -45,9 +46,9 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                         "snapshot) instead of the hub; repeatable")
     p.add_argument("--limit", type=int, default=200,
                    help="samples per dataset, a seeded subsample; a larger limit extends a smaller one, so "
-                        "its finished chunks are reused (default: 200)")
+                        "its finished chunks are reused (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16,
-                   help="samples per generate call; 1 gives exact per-sample 1/t (default: 16)")
+                   help="samples per generate call; 1 gives exact per-sample 1/t (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="new-token cap for every dataset (default: each dataset's lmms-eval task setting: "
                         "VQAv2, GQA, shapes 16; DocVQA 32; TextVQA, OK-VQA, VizWiz 1024, lmms-eval's "
@@ -58,7 +59,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"output folder shared by all studies: {name}.nc and figures go there, "
                         "generation chunks under chunks/, and finished chunks are reused by every "
-                        "study (default: runs)")
+                        "study (default: %(default)s)")
     p.add_argument("--remote", nargs="?", const="ndif", default=None, choices=["ndif", "local"],
                    help="run through nnsight's remote path: bare --remote sends every trace to NDIF "
                         "(NDIF_HOST / NDIF_API_KEY from nnsight's config; the model is loaded on the "
@@ -66,7 +67,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="samples per chunk file, a multiple of --batch-size: a killed run loses at most one "
                         "chunk's work (default: the smallest multiple of the batch size >= 64)")
-    p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: %(default)s)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="compute only shard I of N (chunks k with k %% N == I) and stop where the others' chunks "
                         "are needed: for SLURM arrays or machines sharing a filesystem; afterwards the command "
