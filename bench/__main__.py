@@ -1,6 +1,6 @@
 """Benchmarks of mech's toolkit paths against their anchors, with ratio targets.
 
-    python -m bench                       # mid-size random LLaVA-1.5 (CPU: a few minutes)
+    python -m bench                       # mid-size random LLaVA-1.5 (--help: the last full run's time)
     python -m bench --quick               # smoke run on a small model (seconds); no targets judged
     python -m bench --out bench/results.json --threads 1 --reps 5
 
@@ -87,9 +87,27 @@ def machine(threads: int) -> dict:
 
 
 def other_load() -> str:
-    """Other work on the machine during the run (the repository's trainer, by name)."""
+    """Other work on the machine: its load and free cores (`mech.progress.machine_load`),
+    and the repository's trainer by name when it runs; "none seen" only on an idle machine."""
+    from mech import progress
+
+    state = progress.machine_load()
     found = subprocess.run(["pgrep", "-f", "mech.zoo.train"], capture_output=True, text=True).stdout.split()
-    return f"mech.zoo.train running (pid {', '.join(found)})" if found else "none seen"
+    parts = progress.busy_reasons(state)
+    if state["load"] is not None and state["load"] >= 1 and not parts:
+        parts.append(f"load {state['load']:.1f} on {state['cores']} cores")
+    if found:
+        parts.append(f"mech.zoo.train running (pid {', '.join(found)})")
+    return "; ".join(parts) or "none seen"
+
+
+def last_run(path: Path = Path(__file__).parent / "results.json") -> str:
+    """How long the last full run took, from its results (the one place that figure lives)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "no full run recorded yet (bench/results.json)"
+    return f"the last full run took {result['seconds'] / 60:.1f} min (bench/{path.name})"
 
 
 def analysis_rows(model, batch, config, reps: int, threads: int, memory_reps: int, report, judge: bool = True) -> None:
@@ -236,7 +254,8 @@ def run_suite(config: dict, reps: int, sweep_reps: int, threads: int, log=print,
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"Duration: {last_run()} on one CPU thread; --quick takes seconds.")
     p.add_argument("--quick", action="store_true", help="small model, 1 repetition: a smoke run")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")

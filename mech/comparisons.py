@@ -22,6 +22,10 @@ def chunk_folder(out: Path, dataset: str) -> Path:
 
 PER_SAMPLE = ("score", "inverse_time", "new_tokens", "prediction")
 
+#: what every p-value beside a paired CI is (`mech.stats.paired_bootstrap_diff`)
+P_VALUE = ("two-sided paired bootstrap p, from the same resamples as the 95% CI (the interval inverted): "
+           "p < 0.05 exactly when the CI excludes 0")
+
 
 def positional(ds: xr.Dataset) -> xr.Dataset:
     """Sample ids -> a ``sample_id`` coordinate over a positional ``sample`` dim."""
@@ -62,6 +66,9 @@ def compare(model, samples_by_dataset: dict, named: dict, dim: str, *, out: Path
     ``mean_inverse_time`` and ``baseline_*`` summaries with percentile-bootstrap 95% CIs.
     """
     coords = list(named)
+    from . import progress
+
+    progress.expect(sum(map(len, samples_by_dataset.values())) * (len(coords) + 1))  # the running phase's total
     runs = {}
     folders = {"baseline": None, **{slug(named[c]): named[c] for c in coords}}
     # a shard finishes every dataset it can before it stops (mech.parallel.each)
@@ -138,8 +145,8 @@ def accuracy_with_ci(score: xr.DataArray, seed: int, confidence: float = 0.95) -
 def paired_rows(ds: xr.Dataset, dim: str, coord, seed: int) -> xr.Dataset:
     """One run against the plain model, per dataset (and ``average`` over several):
     ``baseline_accuracy``, ``accuracy``, ``difference`` (run - baseline) with its paired
-    bootstrap 95% CI, the paired-test ``p_value`` (McNemar for 0/1 scores, paired
-    bootstrap for soft ones) and ``n_samples``, over a ``row`` dim.
+    bootstrap 95% CI and the ``p_value`` of the same bootstrap (`P_VALUE`: p < 0.05 exactly
+    when the CI excludes 0) and ``n_samples``, over a ``row`` dim.
 
     ``ds``: a `compare` Dataset; ``coord``: the run's coordinate along ``dim``.
     """
@@ -152,13 +159,12 @@ def paired_rows(ds: xr.Dataset, dim: str, coord, seed: int) -> xr.Dataset:
         pooled_a.append(a)
         pooled_b.append(b)
         diff = stats.paired_bootstrap_diff(b, a, seed=seed)
-        rows[str(name)] = (a.mean(), b.mean(), diff["mean_diff"], diff["low"], diff["high"],
-                           float(stats.paired_test(b, a, seed=seed)), len(a))
+        rows[str(name)] = (a.mean(), b.mean(), diff["mean_diff"], diff["low"], diff["high"], diff["p_value"], len(a))
     if len(rows) > 1:
         a, b = np.concatenate(pooled_a), np.concatenate(pooled_b)
         diff = stats.paired_bootstrap_diff(b, a, seed=seed)
         means = np.array([r[:3] for r in rows.values()]).mean(0)  # average over datasets, as the paper
-        rows["average"] = (*means, diff["low"], diff["high"], float(stats.paired_test(b, a, seed=seed)), len(a))
+        rows["average"] = (*means, diff["low"], diff["high"], diff["p_value"], len(a))
     names = list(rows)
     values = np.array([rows[n] for n in names], dtype=float)
     table = xr.Dataset(
@@ -170,6 +176,6 @@ def paired_rows(ds: xr.Dataset, dim: str, coord, seed: int) -> xr.Dataset:
     for var in ("baseline_accuracy", "accuracy", "difference", "difference_ci"):
         table[var].attrs["units"] = "fraction"
     table["difference_ci"].attrs["long_name"] = f"paired bootstrap 95% CI of {coord} - baseline"
-    table["p_value"].attrs["long_name"] = "paired test: McNemar (0/1 scores) or paired bootstrap (soft)"
+    table["p_value"].attrs["long_name"] = P_VALUE
     table["row"].attrs["long_name"] = "dataset, or 'average' (mean of dataset accuracies; CI/test pooled)"
     return table

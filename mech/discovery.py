@@ -9,19 +9,32 @@ L+1's run isolates what layer L itself still needed from the image tokens.
 The discovery rule (see :func:`discover_layers`) is written so that both curve shapes
 work: a rising curve (small models) and a flat curve with dips (LLaVA-1.5-7B, where the
 paper reads off fusion set 2, 4, 8, 11, 12, 13 and review layer 29 by eye).
+
+How stable the answer is: the same rule is applied to bootstrap resamples of the samples,
+and each layer's selection frequency as a fusion layer and as the review layer is
+reported. The rule (`_select`) and its resampled application live in this one module
+(past ~400 lines) so that the two can never drift apart: both call the same function,
+only the paired tests behind it differ (`_PairTests`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+from scipy import stats as _st
 
 from . import stats
 
-__all__ = ["LayerDiscovery", "HellingerCheck", "discover_layers", "min_hellinger_check"]
+__all__ = ["LayerDiscovery", "HellingerCheck", "DiscoveryWarning", "discover_layers", "min_hellinger_check",
+           "bootstrap_indices"]
+
+
+class DiscoveryWarning(UserWarning):
+    """The discovered layers are not stable under bootstrap resampling of the samples."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,11 @@ class LayerDiscovery:
     acc(L+1) - acc(L) (baseline stands in for layer N); ``p_value`` (paired test of
     L vs L+1), ``p_holm`` (Holm-adjusted over layers); ``is_drop``; ``in_dip``/``dip_depth``
     (layers added by the dip-stretch step, depth below the lower rim); ``flat_before``;
-    ``baseline_drop``/``baseline_drop_ci`` = baseline - acc(L) when a baseline is given.
+    ``baseline_drop``/``baseline_drop_ci`` = baseline - acc(L) when a baseline is given;
+    with ``n_bootstrap > 0``, ``fusion_frequency`` / ``review_frequency`` (share of
+    resamples in which L is selected as a fusion layer / as the review layer) and the attrs
+    ``n_bootstrap``, ``no_review_frequency``, ``answer_frequency`` (resamples giving exactly
+    this fusion set and review layer) and ``stable``.
     Parameters used are in ``stats.attrs``.
     """
 
@@ -42,6 +59,42 @@ class LayerDiscovery:
     post_layer: int | None
     reason: str
     stats: xr.Dataset
+
+    @property
+    def fusion_frequency(self) -> dict[int, float]:
+        """``{layer: share of bootstrap resamples selecting it as a fusion layer}`` ({} without bootstrap)."""
+        return self._frequency("fusion_frequency")
+
+    @property
+    def review_frequency(self) -> dict[int, float]:
+        """``{layer: share of bootstrap resamples selecting it as the review layer}`` ({} without bootstrap)."""
+        return self._frequency("review_frequency")
+
+    @property
+    def stable(self) -> bool | None:
+        """Whether every selection frequency is settled (see `discover_layers`); None without bootstrap."""
+        value = self.stats.attrs.get("stable")
+        return None if value is None else bool(value)
+
+    def _frequency(self, name: str) -> dict[int, float]:
+        if name not in self.stats:
+            return {}
+        return {int(L): float(f) for L, f in zip(self.stats["layer"].values, self.stats[name].values)}
+
+    def frequencies_text(self) -> str:
+        """One line: ``S = {1, 2} — selected in 99%, 97% of 1,000 resamples; review layer 6 — 100%``."""
+        a = self.stats.attrs
+        if not a.get("n_bootstrap"):
+            return f"S = {{{', '.join(map(str, self.fusion_layers))}}}; review layer {self.review_layer} (no bootstrap)"
+        fus, rev = self.fusion_frequency, self.review_frequency
+        s = (f"S = {{{', '.join(map(str, self.fusion_layers))}}} — selected in "
+             + (", ".join(f"{100 * fus[L]:.0f}%" for L in self.fusion_layers) or "–")
+             + f" of {a['n_bootstrap']:,} resamples")
+        if self.review_layer is not None:
+            s += f"; review layer {self.review_layer} — {100 * rev[self.review_layer]:.0f}%"
+        else:
+            s += f"; no review layer — {100 * a['no_review_frequency']:.0f}%"
+        return s
 
 
 @dataclass(frozen=True)
@@ -134,23 +187,110 @@ def _flat_before(acc: np.ndarray, flat_len: int, flat_tol: float) -> np.ndarray:
     return flat
 
 
-def _dip_stretches(x, rows, is_step, alpha, min_drop, **test) -> dict[int, tuple[int, int]]:
-    """Map each layer a..b-1 of a multi-layer dip a..b (b a step layer) to (a, b)."""
-
-    def below(ref, y):
-        return ref.mean() - y.mean() >= min_drop and float(stats.paired_test(ref, y, **test)) < alpha
-
+def _dip_stretches(below, is_step) -> dict[int, tuple[int, int]]:
+    """Map each layer a..b-1 of a multi-layer dip a..b (b a step layer) to (a, b).
+    ``below(i, j)``: row i lies significantly >= min_drop above row j (row N = baseline)."""
     out = {}
     for b in np.flatnonzero(is_step):
         a = b
-        while a > 0 and below(rows[b + 1], x[a - 1]):
+        while a > 0 and below(b + 1, a - 1):
             a -= 1
         # a == 0: the low stretch reaches layer 0, i.e. a rising curve, not a dip.
         if a == b or a == 0:
             continue
-        if all(below(x[a - 1], x[L]) for L in range(a, b + 1)):
+        if all(below(a - 1, L) for L in range(a, b + 1)):
             out.update({L: (a, int(b)) for L in range(a, b)})
     return out
+
+
+def _select(acc, p, below, n_layers, *, alpha, min_drop, deep_start, flat_len, flat_tol) -> dict:
+    """The discovery rule on one set of samples (steps 3-7 of `discover_layers`).
+
+    ``acc``: ``(n_rows,)`` mean score per row (layers 0..N-1, then the baseline if any);
+    ``p``: ``(N,)`` raw p-values of row L+1 vs row L (NaN: untested); ``below(i, j)``:
+    the paired dip test between rows. Returns the selection and its intermediate arrays.
+    """
+    n_tested = acc.size - 1
+    drop = np.full(n_layers, np.nan)
+    drop[:n_tested] = acc[1: n_tested + 1] - acc[:n_tested]
+    p_holm = stats.holm(p)
+    is_step = (drop >= min_drop) & (p_holm < alpha)  # NaN compares False
+    test = lambda i, j: acc[i] - acc[j] >= min_drop and below(i, j)
+    dips = _dip_stretches(test, is_step)
+    is_drop = is_step.copy()
+    is_drop[list(dips)] = True
+    dip_depth = np.full(n_layers, np.nan)
+    for L, (a, b) in dips.items():
+        dip_depth[L] = min(acc[a - 1], acc[b + 1]) - acc[L]
+    flat = _flat_before(acc[:n_layers], flat_len, flat_tol)
+    candidates = [L for L in range(deep_start, n_layers) if is_drop[L] and flat[L]]
+    effect = np.fmax(drop, dip_depth)
+    review = max(candidates, key=lambda L: (effect[L], L)) if candidates else None
+    fusion = tuple(int(L) for L in np.flatnonzero(is_drop) if L != review)
+    return dict(drop=drop, p_holm=p_holm, is_drop=is_drop, dips=dips, dip_depth=dip_depth, flat=flat,
+                review=review, fusion=fusion)
+
+
+def bootstrap_indices(n_samples: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """``(n_bootstrap, n_samples)`` sample indices drawn with replacement, the resamples
+    `discover_layers` uses: ``np.random.default_rng(seed).integers(0, n, (B, n))``."""
+    return np.random.default_rng(seed).integers(0, n_samples, size=(n_bootstrap, n_samples))
+
+
+class _PairTests:
+    """Paired two-sided p-values between rows of ``rows (n_rows, n)`` in every bootstrap
+    resample at once: ``p(i, j)`` -> ``(B,)``; ``counts (B, n)``: how often each sample is
+    drawn. 0/1 rows: McNemar (exact binomial below `stats.EXACT_BELOW` discordant pairs,
+    else chi-square with continuity correction, as `stats.mcnemar`); soft rows: normal
+    approximation of the paired mean difference. Pairs are computed once and cached."""
+
+    def __init__(self, rows: np.ndarray, counts: np.ndarray):
+        self.rows, self.counts, self.cache = rows, counts, {}
+        self.binary = bool(np.isin(rows, (0, 1)).all())
+        self.right = counts @ rows.T  # (B, n_rows): resampled sum of scores per row
+
+    def p(self, i: int, j: int) -> np.ndarray:
+        if (i, j) not in self.cache:
+            self.cache[(i, j)] = self.cache[(j, i)] = self._p(i, j)
+        return self.cache[(i, j)]
+
+    def _p(self, i: int, j: int) -> np.ndarray:
+        a, b = self.rows[i], self.rows[j]
+        if self.binary:
+            both = self.counts @ (a * b)  # (B,) right in both rows
+            bc, cb = self.right[:, i] - both, self.right[:, j] - both  # discordant counts
+            n = bc + cb
+            exact = np.minimum(1.0, 2 * _st.binom.cdf(np.minimum(bc, cb), n, 0.5))
+            chi = np.where(n > 0, np.maximum(np.abs(bc - cb) - 1, 0) ** 2 / np.maximum(n, 1), 0.0)
+            return np.where(n > 0, np.where(n < stats.EXACT_BELOW, exact, _st.chi2.sf(chi, 1)), 1.0)
+        d = a - b
+        n = self.counts.sum(1)
+        mean = self.counts @ d / n
+        var = np.maximum(self.counts @ d ** 2 / n - mean ** 2, 0.0)
+        se = np.sqrt(var / n)
+        z = np.divide(np.abs(mean), se, out=np.where(np.abs(mean) > 1e-12, np.inf, 0.0), where=se > 0)
+        return 2 * _st.norm.sf(z)
+
+
+def _bootstrap(rows, n_layers, n_bootstrap, seed, rule) -> dict:
+    """The rule on ``n_bootstrap`` resamples (`bootstrap_indices`): selection counts."""
+    n = rows.shape[1]
+    idx = bootstrap_indices(n, n_bootstrap, seed)
+    counts = np.stack([np.bincount(r, minlength=n) for r in idx]).astype(float)  # (B, n)
+    tests = _PairTests(rows, counts)
+    acc = tests.right / n  # (B, n_rows) resampled mean scores
+    n_tested = rows.shape[0] - 1
+    p_next = np.full((n_bootstrap, n_layers), np.nan)
+    for L in range(n_tested):
+        p_next[:, L] = tests.p(L + 1, L)
+    fusion, review, answers = np.zeros(n_layers), np.zeros(n_layers), []
+    for k in range(n_bootstrap):
+        found = rule(acc[k], p_next[k], lambda i, j, k=k: bool(tests.p(i, j)[k] < rule.dip_alpha))
+        fusion[list(found["fusion"])] += 1
+        if found["review"] is not None:
+            review[found["review"]] += 1
+        answers.append((found["fusion"], found["review"]))
+    return dict(fusion=fusion / n_bootstrap, review=review / n_bootstrap, answers=answers)
 
 
 def discover_layers(
@@ -165,6 +305,8 @@ def discover_layers(
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
+    n_bootstrap: int = 1000,
+    stability: float = 0.8,
 ) -> LayerDiscovery:
     """Find fusion layers, the review layer and the post-integrated layer.
 
@@ -203,6 +345,17 @@ def discover_layers(
        then the deepest if several qualify; None if none does ("no review layer found").
        The *post-integrated layer* is review - 1.
     7. *Fusion layers* are all other drop layers, in layer order.
+
+    **Stability.** With ``n_bootstrap > 0`` (default 1000) the whole rule is applied again
+    to ``n_bootstrap`` resamples of the samples, drawn with replacement
+    (`bootstrap_indices`; one index row per resample, the baseline resampled with the same
+    rows), and ``stats`` gains each layer's selection frequency as a fusion layer and as
+    the review layer. In a resample the paired tests are McNemar's from the resample's
+    discordant counts (0/1 scores, the same test as above) or, for soft scores, the normal
+    approximation of the paired bootstrap (a nested bootstrap would cost ``n_bootstrap x
+    n_resamples``). The answer is *stable* when every frequency (fusion and review per layer,
+    and "no review layer") lies outside ``(1 - stability, stability)``; otherwise a
+    `DiscoveryWarning` names the unsettled layers and the sample count.
     """
     _check_unit(alpha, "alpha")
     _check_unit(confidence, "confidence")
@@ -214,6 +367,10 @@ def discover_layers(
         raise ValueError(f"flat_tol (an accuracy span, default min_drop) must lie in (0, 1), got {flat_tol!r}")
     if int(flat_len) != flat_len or flat_len < 1:
         raise ValueError(f"flat_len must be a positive integer number of layers, got {flat_len!r}")
+    if int(n_bootstrap) != n_bootstrap or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be a non-negative integer (0: no stability check), got {n_bootstrap!r}")
+    if not 0.5 < stability <= 1.0:
+        raise ValueError(f"stability must lie in (0.5, 1], got {stability!r}")
     correct = _as_layer_sample(correct, "correct", min_layers=3)
     x = np.asarray(correct.values, dtype=float)
     if x.min() < 0 or x.max() > 1:
@@ -225,19 +382,18 @@ def discover_layers(
     rows = x if base is None else np.vstack([x, base[None]])
     n_tested = n_layers - 1 if base is None else n_layers
     acc = rows.mean(axis=1)
-    drop = np.full(n_layers, np.nan)
-    drop[:n_tested] = acc[1 : n_tested + 1] - acc[:n_tested]
     p = np.full(n_layers, np.nan)
     test = dict(n_resamples=n_resamples, seed=seed)
-    p[:n_tested] = stats.paired_test(rows[1 : n_tested + 1], rows[:n_tested], **test)
-    p_holm = stats.holm(p)
-    is_step = (drop >= min_drop) & (p_holm < alpha)  # NaN compares False
-    dips = _dip_stretches(x, rows, is_step, alpha / n_layers, min_drop, **test)
-    is_drop = is_step.copy()
-    is_drop[list(dips)] = True
-    dip_depth = np.full(n_layers, np.nan)
-    for L, (a, b) in dips.items():
-        dip_depth[L] = min(acc[a - 1], acc[b + 1]) - acc[L]
+    p[:n_tested] = stats.paired_test(rows[1: n_tested + 1], rows[:n_tested], **test)
+    deep_start = n_layers - math.ceil(n_layers * deep_fraction)
+
+    def rule(acc_, p_, below):
+        return _select(acc_, p_, below, n_layers, alpha=alpha, min_drop=min_drop, deep_start=deep_start,
+                       flat_len=flat_len, flat_tol=flat_tol)
+
+    rule.dip_alpha = alpha / n_layers  # Bonferroni over layers for the dip-stretch tests
+    found = rule(acc, p, lambda i, j: float(stats.paired_test(rows[i], rows[j], **test)) < rule.dip_alpha)
+    drop, dips, review, fusion = found["drop"], found["dips"], found["review"], found["fusion"]
 
     # One shared resample for all rows keeps the per-layer CIs mutually paired.
     means = stats.resampled_means(rows, n_resamples=n_resamples, seed=seed)
@@ -245,15 +401,7 @@ def discover_layers(
     ci = lambda d: np.stack([np.percentile(d, tail, axis=0), np.percentile(d, 100 - tail, axis=0)], -1)
     acc_ci = ci(means[:, :n_layers])
     drop_ci = np.full((n_layers, 2), np.nan)
-    drop_ci[:n_tested] = ci(means[:, 1 : n_tested + 1] - means[:, :n_tested])
-
-    deep_start = n_layers - math.ceil(n_layers * deep_fraction)
-    flat = _flat_before(acc[:n_layers], flat_len, flat_tol)
-
-    candidates = [L for L in range(deep_start, n_layers) if is_drop[L] and flat[L]]
-    effect = np.fmax(drop, dip_depth)
-    review = max(candidates, key=lambda L: (effect[L], L)) if candidates else None
-    fusion = tuple(int(L) for L in np.flatnonzero(is_drop) if L != review)
+    drop_ci[:n_tested] = ci(means[:, 1: n_tested + 1] - means[:, :n_tested])
 
     ds = xr.Dataset(
         {
@@ -262,23 +410,46 @@ def discover_layers(
             "drop": ("layer", drop),
             "drop_ci": (("layer", "bound"), drop_ci),
             "p_value": ("layer", p),
-            "p_holm": ("layer", p_holm),
-            "is_drop": ("layer", is_drop),
+            "p_holm": ("layer", found["p_holm"]),
+            "is_drop": ("layer", found["is_drop"]),
             "in_dip": ("layer", np.isin(np.arange(n_layers), list(dips))),
-            "dip_depth": ("layer", dip_depth),
-            "flat_before": ("layer", flat),
+            "dip_depth": ("layer", found["dip_depth"]),
+            "flat_before": ("layer", found["flat"]),
         },
         coords={"layer": np.arange(n_layers), "bound": ["low", "high"]},
         attrs=dict(alpha=alpha, min_drop=min_drop, deep_fraction=deep_fraction, deep_start=deep_start,
                    flat_len=flat_len, flat_tol=flat_tol, confidence=confidence, n_samples=x.shape[1],
-                   baseline_accuracy=np.nan if base is None else float(acc[-1])),
+                   baseline_accuracy=np.nan if base is None else float(acc[-1]), n_bootstrap=int(n_bootstrap)),
     )
     if base is not None:
         ds["baseline_drop"] = ("layer", acc[-1] - acc[:n_layers])
         ds["baseline_drop_ci"] = (("layer", "bound"), ci(means[:, -1:] - means[:, :n_layers]))
+    if n_bootstrap:
+        _add_frequencies(ds, _bootstrap(rows, n_layers, int(n_bootstrap), seed, rule), fusion, review, stability)
 
     reason = _explain(ds, fusion, review, dips)
     return LayerDiscovery(fusion, review, None if review is None else review - 1, reason, ds)
+
+
+def _add_frequencies(ds, boot, fusion, review, stability) -> None:
+    """Selection frequencies into ``ds``; warn when any is unsettled."""
+    ds["fusion_frequency"] = ("layer", boot["fusion"])
+    ds["review_frequency"] = ("layer", boot["review"])
+    no_review = 1.0 - float(boot["review"].sum())
+    same = sum(a == (fusion, review) for a in boot["answers"]) / len(boot["answers"])
+    unsettled = lambda f: 1 - stability < f < stability
+    loose = [f"layer {L} as fusion in {100 * f:.0f}%" for L, f in enumerate(boot["fusion"]) if unsettled(f)]
+    loose += [f"layer {L} as review in {100 * f:.0f}%" for L, f in enumerate(boot["review"]) if unsettled(f)]
+    if unsettled(no_review):
+        loose.append(f"no review layer in {100 * no_review:.0f}%")
+    ds.attrs.update(no_review_frequency=no_review, answer_frequency=same, stable=int(not loose),
+                    stability=stability)
+    if loose:
+        warnings.warn(
+            f"discovered layers are not stable under resampling: with n = {ds.attrs['n_samples']} samples, "
+            f"{'; '.join(loose)} of {len(boot['answers']):,} bootstrap resamples (settled means at least "
+            f"{100 * stability:.0f}% or at most {100 * (1 - stability):.0f}%); n is too small for a stable "
+            "answer, use more samples", DiscoveryWarning, stacklevel=3)
 
 
 def _describe(ds: xr.Dataset, L: int, dips=None) -> str:
@@ -313,6 +484,14 @@ def _explain(ds: xr.Dataset, fusion, review, dips) -> str:
         why = (f"drops at {', '.join(map(str, deep_drops))} are not preceded by a flat stretch of {a['flat_len']} layers"
                if deep_drops else "no layer there has a significant drop")
         parts.append(f"no review layer found: {why} ({deep}); no post-integrated layer")
+    if a.get("n_bootstrap"):
+        share = lambda f: f"{100 * f:.0f}%"
+        fus = ", ".join(f"{L} {share(ds['fusion_frequency'].values[L])}" for L in fusion) or "none"
+        rev = (f"review layer {review} {share(ds['review_frequency'].values[review])}" if review is not None
+               else f"no review layer {share(a['no_review_frequency'])}")
+        parts.append(f"Selected in {a['n_bootstrap']:,} bootstrap resamples of the {a['n_samples']} samples: "
+                     f"fusion {fus}; {rev}; this exact answer {share(a['answer_frequency'])}"
+                     + ("" if a["stable"] else " (not stable: more samples needed)"))
     return ". ".join(parts) + "."
 
 

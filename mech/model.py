@@ -29,6 +29,8 @@ from .positions import question_mask
 
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
+# "tiny-review": the ground-truth tiny model with planted fusion and review layers.
+TINY_REVIEW_PATH = Path(__file__).resolve().parent.parent / "data" / "tiny-llava-review"
 
 def check_config(config: dict, where: str) -> Family:
     """The family a config.json describes; ValueError unless it is a supported one."""
@@ -286,7 +288,9 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
     """Load a vision-language model of a supported family (`mech.families`) into nnsight.
 
     Args:
-        source: ``"tiny"`` (the embedded model in ``data/tiny-llava-shapes``), a local
+        source: ``"tiny"`` (the embedded model in ``data/tiny-llava-shapes``),
+            ``"tiny-review"`` (the ground-truth model with planted fusion and review
+            layers in ``data/tiny-llava-review``), a local
             directory saved with ``save_pretrained``, a Hugging Face id
             (``"llava-hf/llava-1.5-7b-hf"``, ``"Qwen/Qwen2-VL-2B-Instruct"``: any class in
             `mech.families.FAMILIES`), ``"random:<family>"`` (a tiny random model of that
@@ -340,6 +344,11 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
             raise FileNotFoundError(f"the embedded tiny model is missing at {TINY_PATH}; retrain it with "
                                     f"`python -m mech.zoo.train` or check out data/ from the repository")
         target, family = resolve_source(str(TINY_PATH))
+    elif name == "tiny-review":
+        if not (TINY_REVIEW_PATH / "config.json").exists():
+            raise FileNotFoundError(f"the ground-truth tiny model is missing at {TINY_REVIEW_PATH}; retrain it with "
+                                    f"`python -m mech.zoo.train --preset review` or check out data/ from the repository")
+        target, family = resolve_source(str(TINY_REVIEW_PATH))
     else:
         target, family = resolve_source(name, revision)
     options = dict(kwargs, attn_implementation=attn_implementation or "sdpa")

@@ -11,6 +11,7 @@ request import it again on deserialisation (about 2.4 s each).
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -87,21 +88,39 @@ def resampled_means(values, *, n_resamples: int = 2000, seed: int = 0) -> np.nda
     return (counts @ flat.T / n).reshape((n_resamples,) + x.shape[:-1])
 
 
-def _percentile_ci(draws: np.ndarray, confidence: float):
-    tail = 100 * (1 - confidence) / 2
-    return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
+def _order_ci(draws: np.ndarray, confidence: float):
+    """The percentile interval as order statistics: the k-th smallest and k-th largest of
+    the B draws, k = ceil(B (1 - confidence) / 2), so that it excludes 0 exactly when
+    `_inversion_p` is below 1 - confidence."""
+    n = draws.shape[0]
+    k = max(1, math.ceil(n * (1 - confidence) / 2 - 1e-9))
+    ordered = np.sort(draws, axis=0)
+    return ordered[k - 1], ordered[n - k]
+
+
+def _inversion_p(draws: np.ndarray) -> np.ndarray:
+    """Two-sided p for "the mean difference is 0" from the same draws as the interval (the
+    interval inverted): ``min(1, 2 min(#{d* <= 0}, #{d* >= 0}) / B)``."""
+    n = draws.shape[0]
+    tol = 1e-12  # float sums of identical resamples count as 0
+    return np.minimum(1.0, 2 * np.minimum((draws <= tol).sum(axis=0), (draws >= -tol).sum(axis=0)) / n)
 
 
 def paired_bootstrap_diff(
     a, b, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict:
-    """Mean difference ``a - b`` of two systems scored on the same samples.
+    """Mean difference ``a - b`` of two systems scored on the same samples, with its CI and
+    p-value from one paired bootstrap.
 
     ``a``, ``b``: same shape ``(..., sample)``. Returns ``dict(mean_diff, low, high,
-    p_value)`` (floats for 1-D input, arrays of the leading shape otherwise). The CI is
-    the percentile interval of resampled mean differences; ``p_value`` is two-sided for
-    H0 "mean difference is 0", from the bootstrap distribution shifted to the null:
-    ``(1 + #{|d* - d| >= |d|}) / (1 + B)``. Identical systems give diff 0 and p = 1.
+    p_value)`` (floats for 1-D input, arrays of the leading shape otherwise). The CI is the
+    percentile interval of the resampled mean differences d* (as order statistics: the k-th
+    smallest and largest of B, k = ceil(B (1 - confidence) / 2)); ``p_value`` is two-sided
+    for H0 "mean difference is 0", the same interval inverted:
+    ``min(1, 2 min(#{d* <= 0}, #{d* >= 0}) / B)``. So ``p_value < 1 - confidence`` exactly
+    when the CI excludes 0, and a CI that ends at 0 has p >= 1 - confidence. Identical
+    systems give diff 0, CI [0, 0] and p = 1. The smallest p it can give is 0 (every draw
+    on one side): read it as p < 1 / B.
     """
     _check_confidence(confidence)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -110,11 +129,8 @@ def paired_bootstrap_diff(
     d = a - b
     obs = d.mean(axis=-1)
     draws = resampled_means(d, n_resamples=n_resamples, seed=seed)
-    low, high = _percentile_ci(draws, confidence)
-    # tolerance: float sums of identical resamples must not count as "more extreme" noise
-    extreme = np.abs(draws - obs) >= np.abs(obs) - 1e-12
-    p = (1 + extreme.sum(axis=0)) / (1 + n_resamples)
-    out = dict(mean_diff=obs, low=low, high=high, p_value=np.minimum(p, 1.0))
+    low, high = _order_ci(draws, confidence)
+    out = dict(mean_diff=obs, low=low, high=high, p_value=_inversion_p(draws))
     return {k: float(v) for k, v in out.items()} if np.ndim(obs) == 0 else out
 
 

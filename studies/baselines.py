@@ -4,8 +4,8 @@ On the same samples: the plain model (greedy), DoLa (contrasting early-exit laye
 `mech.DoLa`), ViCrop (relative-attention crop added as a second image, `mech.ViCrop`)
 and contrastive attention (`mech.ContrastiveMask` at the given or discovered layers).
 Accuracy per dataset with percentile-bootstrap 95% CIs; each method against the plain
-model with the paired bootstrap CI of the difference and a paired test (McNemar for
-0/1 scores, paired bootstrap for soft scores).
+model with the paired bootstrap CI of the difference and the p-value of the same
+bootstrap.
 
 Writes ``baselines.nc`` (dims dataset x system x sample; ``system`` is
 dola / vicrop / contrastive, the plain model is ``baseline_*``), ``baselines.png/.pdf``
@@ -18,19 +18,18 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from . import cli, inputs, output
-from .strategies import add_contrastive_arguments, setup
+from . import cli, inputs, options, output, layers as layer_choice
 
 SYSTEMS = {"dola": "DoLa", "vicrop": "ViCrop", "contrastive": "contrastive attention"}
 
 
 def add_arguments(parser) -> None:
-    add_contrastive_arguments(parser)
+    options.add_contrastive(parser, defaults={"candidates": "fusion"})
     parser.add_argument("--dola-layers", default="high",
                         help="DoLa candidate premature layers: high, low, or comma-separated hidden-state "
-                             "indices (0 = embeddings; default: high)")
+                             "indices (0 = embeddings) (default: %(default)s)")
     parser.add_argument("--repetition-penalty", type=float, default=1.2,
-                        help="DoLa's repetition penalty (default: 1.2, DoLa's recommendation; 1 turns it off)")
+                        help="DoLa's repetition penalty, 1 turns it off (default: %(default)s, DoLa's recommendation)")
     parser.add_argument("--vicrop-layer", type=int, default=None,
                         help="ViCrop attention layer (default: layer 14 of 32 at the same relative depth)")
     parser.add_argument("--vicrop-crop-size", type=int, default=None,
@@ -82,12 +81,13 @@ def systems(args, model, chosen) -> dict:
     import mech
 
     layers = dola_layers(args)
-    below = [layer for layer in chosen.fusion if layer < chosen.post]
     named = {
         "dola": mech.DoLa(layers=layers, repetition_penalty=args.repetition_penalty),
         "vicrop": mech.ViCrop(layer=args.vicrop_layer, crop_size=args.vicrop_crop_size),
         "contrastive": mech.ContrastiveMask(review=chosen.review, post=chosen.post,
-                                            candidates=below if below else "all", rho=args.rho, lam=args.lam),
+                                            candidates=options.candidates_for(args.candidates, chosen.fusion,
+                                                                              chosen.post),
+                                            rho=args.rho, lam=args.lam, mask_at=args.mask_at, heads=args.heads),
     }
     if not mech.ViCrop.applies_to(model):  # LLaVA-1.5's patch grid only: left out, and said so
         del named["vicrop"]
@@ -105,20 +105,36 @@ def table(ds: xr.Dataset, seed: int) -> xr.Dataset:
     return stacked.rename({v: f"table_{v}" for v in ("accuracy", "baseline_accuracy", "n_samples")})
 
 
-def format_table(t: xr.Dataset) -> str:
+def methods_table(t: xr.Dataset):
+    """The paper's Table 2: accuracy per dataset for the unmasked model and each method,
+    then each method against the unmasked model on the last row (a dataset, or the
+    average) with Δ, its CI and p."""
+    from .tables import Table, interval, p_value, percent, points
+
     rows = [str(r) for r in t["row"].values]
     last = rows[-1]
-    head = f"{'method':<22}" + "".join(f"{r:>10}" for r in rows) + f"   diff ({last}) [95% CI]      p"
-    lines = [head, f"{'no intervention':<22}" + "".join(
-        f"{float(t['table_baseline_accuracy'].sel(row=r)) * 100:>9.1f}%" for r in rows)]
+    table = Table(["method", *[f"{r} (%)" for r in rows], f"Δ {last}", "95% CI", "p"],
+                  numeric=set(range(1, len(rows) + 4)) - {len(rows) + 2}, legend=["Δ", "95% CI", "p"],
+                  note="average: the mean of the dataset accuracies; its CI and p pool the samples"
+                  if last == "average" else "")
+    table.add("no intervention", *[percent(t["table_baseline_accuracy"].sel(row=r)) for r in rows], "", "", "")
     for s in t["system"].values:
         one = t.sel(system=s)
-        lo, hi = (float(v) * 100 for v in one["difference_ci"].sel(row=last).values)
-        lines.append(f"{SYSTEMS.get(str(s), str(s)):<22}" + "".join(
-            f"{float(one['table_accuracy'].sel(row=r)) * 100:>9.1f}%" for r in rows)
-            + f"   {float(one['difference'].sel(row=last)) * 100:+6.1f} [{lo:+.1f}, {hi:+.1f}]"
-            + f"  {float(one['p_value'].sel(row=last)):6.3f}")
-    return "\n".join(lines)
+        table.add(SYSTEMS.get(str(s), str(s)), *[percent(one["table_accuracy"].sel(row=r)) for r in rows],
+                  points(one["difference"].sel(row=last)), interval(*one["difference_ci"].sel(row=last).values),
+                  p_value(one["p_value"].sel(row=last)))
+    return table
+
+
+def format_table(t) -> str:
+    return methods_table(t).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``baselines.nc``."""
+    table = methods_table(ds)
+    table.title = "Training-free methods (the paper's Table 2)"
+    return [table]
 
 
 def dola_histogram(model, samples_by_dataset, dola, out, **run_options) -> xr.DataArray:
@@ -140,24 +156,25 @@ def dola_histogram(model, samples_by_dataset, dola, out, **run_options) -> xr.Da
 
 def main(argv=None) -> xr.Dataset:
     import mech
-    from mech import plots
+    from mech import plots, progress
 
     parser = cli.parser("baselines", __doc__)
     add_arguments(parser)
     args = cli.parse(parser, argv)
-    model, samples, chosen = setup(args)
-    options = inputs.run_options(args)
+    model, samples, chosen = layer_choice.setup(args)
+    run = inputs.run_options(args)
     named = systems(args, model, chosen)
-    print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}; "
-          f"layers ({chosen.source}): review {chosen.review}, post {chosen.post}"
-          + ("" if "vicrop" in named else f"; ViCrop not run (LLaVA-1.5 only, not {model.family.name})"))
-    ds = mech.comparisons.compare(model, samples, named, "system", out=args.out, seed=args.seed, **options)
+    title = f"2/2 the unmasked model, {', '.join(SYSTEMS[s] for s in named)}"
+    print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}"
+          + ("" if "vicrop" in named else f"; ViCrop not run (LLaVA-1.5 only, not {model.family.name})") + f"\n{title}")
+    with progress.phase(title):
+        ds = mech.comparisons.compare(model, samples, named, "system", out=args.out, seed=args.seed, **run)
+        ds["dola_premature_count"] = dola_histogram(model, samples, named["dola"], args.out, **run)
     ds["system"].attrs["long_name"] = "method compared with the plain model (baseline_*)"
-    ds["dola_premature_count"] = dola_histogram(model, samples, named["dola"], args.out, **options)
     t = table(ds, args.seed)
     ds = ds.merge(t, compat="no_conflicts")
     ds.attrs.update(output.provenance(
-        args, model, study="baselines", rho=args.rho, lam=args.lam,
+        args, model, study="baselines", rho=args.rho, lam=args.lam, mask_at=args.mask_at, heads=args.heads,
         dola=repr(named["dola"]), dola_candidates=list(named["dola"].candidates(model)),
         **({"vicrop": repr(named["vicrop"]), "vicrop_layer": named["vicrop"].attention_layer(model)}
            if "vicrop" in named else {"vicrop": f"not run: ViCrop applies to LLaVA-1.5 only, not {model.family.name}"}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ DEFAULT_OUT = Path("runs")
 
 
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser every study starts from (kept in ``CURRENT["parser"]``: what ``--help``
+    shows is what the tests compare with the parsed defaults). Defaults in help texts are
+    argparse's ``%(default)s``, so a study's ``set_defaults`` shows in its ``--help``."""
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny",
@@ -34,7 +38,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="comma-separated: shapes (clean test scenes), shapes-dots / shapes-speckle / shapes-crowd "
                         "(the same model's out-of-distribution scenes with distractors), easyvqa, vqav2, gqa, "
                         "textvqa, okvqa, vizwiz, docvqa, or a dataset registered by an --import module "
-                        "(default: shapes,shapes-dots)")
+                        "(default: %(default)s)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (repeatable), e.g. one that calls mech.datasets.register "
                         "for a dataset of your own")
@@ -43,9 +47,9 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                         "snapshot) instead of the hub; repeatable")
     p.add_argument("--limit", type=int, default=200,
                    help="samples per dataset, a seeded subsample; a larger limit extends a smaller one, so "
-                        "its finished chunks are reused (default: 200)")
+                        "its finished chunks are reused (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16,
-                   help="samples per generate call; 1 gives exact per-sample 1/t (default: 16)")
+                   help="samples per generate call; 1 gives exact per-sample 1/t (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="new-token cap for every dataset (default: each dataset's lmms-eval task setting: "
                         "VQAv2, GQA, shapes 16; DocVQA 32; TextVQA, OK-VQA, VizWiz 1024, lmms-eval's "
@@ -56,7 +60,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"output folder shared by all studies: {name}/<config id>.nc and figures go there "
                         f"({name}.nc links to the latest), generation chunks under chunks/, and finished chunks "
-                        "are reused by every study (default: runs)")
+                        "are reused by every study (default: %(default)s)")
     p.add_argument("--remote", nargs="?", const="ndif", default=None, choices=["ndif", "local"],
                    help="run through nnsight's remote path: bare --remote sends every trace to NDIF "
                         "(NDIF_HOST / NDIF_API_KEY from nnsight's config; the model is loaded on the "
@@ -64,7 +68,7 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="samples per chunk file, a multiple of --batch-size: a killed run loses at most one "
                         "chunk's work (default: the smallest multiple of the batch size >= 64)")
-    p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="subsample and bootstrap seed (default: %(default)s)")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="compute only shard I of N (chunks k with k %% N == I) and stop where the others' chunks "
                         "are needed: for SLURM arrays or machines sharing a filesystem; afterwards the command "
@@ -74,8 +78,35 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
                    help="reuse finished chunks made by other code (another mech version or checkout, other "
                         "torch/transformers/nnsight) instead of recomputing them; the dataset lists them in "
                         "its attrs (chunks_of_other_code)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="show no progress at all (no bars, no progress lines, no 'Loading weights' bar); results, "
+                        "warnings and errors are still printed")
+    CURRENT["parser"] = p
     return p
+
+
+def studies() -> list[str]:
+    """The study modules (``python -m studies.NAME``): those whose command is built on `parser`."""
+    folder = Path(__file__).parent
+    return sorted(p.stem for p in folder.glob("*.py") if re.search(r"=\s*cli\.parser\(", p.read_text()))
+
+
+def not_a_study(module: str) -> None:
+    """What a helper module does when run as a command: one line naming the studies, exit 2."""
+    print(f"python -m {module}: error: {module} is a helper of the studies, not a study; run one of: "
+          + ", ".join(f"python -m studies.{s}" for s in studies()), file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line_warnings(prog: str) -> None:
+    """Warnings (a busy machine, unstable discovered layers, a chunk recomputed) as one line
+    each, ``prog: warning: ...``, not Python's two-line form with a source line."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
 
 
 class UsageError(Exception):
@@ -90,11 +121,12 @@ def parse(parser: argparse.ArgumentParser, argv=None):
 
     Under torchrun (``WORLD_SIZE`` > 1) this joins the process group; with ``--shard I/N``
     this process becomes one shard (`mech.parallel`). Only rank 0 prints."""
-    from mech import parallel, store
+    from mech import parallel, progress, store
 
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     store.ACCEPTED.clear()  # this command's provenance lists the chunks of other code it reuses
+    progress.set_enabled(not args.no_progress)  # --no-progress: no bar at all, transformers' included
     args.argv = argv
     args.study = parser.prog.rsplit(".", 1)[-1]
     CURRENT.update(study=args.study, args=args)
@@ -133,6 +165,7 @@ def cli(main) -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     prog = f"python -m {sys.modules[main.__module__].__spec__.name}"
+    one_line_warnings(prog)
     try:
         main()
     except UsageError as error:
@@ -205,3 +238,7 @@ def layer_option(model, option: str, value) -> int:
         return model.check_layer(value, option)
     except ValueError as error:
         raise UsageError(str(error).replace(f"{option} {value!r} is", f"{option} {value}:", 1)) from None
+
+
+if __name__ == "__main__":
+    not_a_study(__spec__.name)

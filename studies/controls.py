@@ -7,13 +7,15 @@ IA) runs beside controls that scale exactly as many tokens per sample by another
 random slots (``--seeds`` seeds, averaged per sample), the highest IA, the lowest plain
 attention A(post), the lowest attention at the pre-integrated layer A(i*). Per dataset,
 and per question type where samples have one: the accuracy of each, the difference
-contrastive - control with its paired bootstrap 95% CI and a paired test (McNemar for
-0/1 scores, paired bootstrap for soft ones), and how many predictions the method changes.
+contrastive - control with its paired bootstrap 95% CI and the p-value of the same
+bootstrap, and how many predictions the method changes.
 
-Options taking lists (comma-separated) span a grid: every combination is one setting.
+``--review``, ``--mask-at``, ``--rho`` and ``--lam`` take comma lists and span a grid:
+every combination is one setting.
 
 Writes ``controls.nc`` (dims dataset x run x sample, and the summary ``table_*``
-variables over dataset x setting x control) and ``controls.png/.pdf`` under ``--out``.
+variables over dataset x setting x control) and ``controls.png/.pdf`` under ``--out``
+(``--markdown`` adds the summary as Markdown there).
 """
 
 from __future__ import annotations
@@ -30,63 +32,50 @@ from . import cli, inputs, output, layers as layer_choice
 CONTROLS = ("random", "high-ia", "low-attention", "low-pre-attention")
 
 
-def add_arguments(parser, *, grid: bool = True) -> None:
-    """``--mask-at``, ``--rho``, ``--lam`` (lists when ``grid``), ``--controls``, ``--seeds``."""
-    import mech
+GRID = ("--review", "--rho", "--lam", "--mask-at")
 
-    kind = "comma-separated " if grid else ""
-    parser.add_argument("--mask-at", default=mech.interventions.DEFAULT_MASK_AT,
-                        help=f"{kind}where the mask acts: input (the residual stream entering the review "
-                             "layer: the paper's Eq. 4 read literally; RMSNorm divides the scale back out "
-                             "there, so only later layers see it), normed (after the review layer's input "
-                             "RMSNorm: its keys and values see it), attention (log lambda added to every "
-                             "query's attention logits toward the masked tokens at the review layer and "
-                             f"after, at every generated token) (default: {mech.interventions.DEFAULT_MASK_AT})")
-    parser.add_argument("--controls", default=",".join(CONTROLS),
+
+def add_arguments(parser, *, default: str = ",".join(CONTROLS)) -> None:
+    """``--controls`` (``default``: which run) and ``--seeds``."""
+    parser.add_argument("--controls", default=default,
                         help=f"comma-separated controls, each scaling as many tokens per sample as the method: "
-                             f"{', '.join(CONTROLS)} (default: all)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the random control, averaged (default: 3)")
+                             f"{', '.join(CONTROLS)} (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds of the random control, averaged per sample (default: %(default)s)")
     cli.add_check(parser, check_arguments)
 
 
 def lists(args) -> dict:
-    """The grid's axes from the (comma-separated) options."""
-    def many(option, text, **bounds):
-        return [cli.number_option(option, x, **bounds) for x in str(text).split(",") if x.strip()]
+    """The grid's axes (`studies.options.values`) and the controls."""
+    from .options import values
 
-    rhos = many("--rho", args.rho, low=0, high=1)
-    lams = many("--lam", args.lam, low=0)
-    masks = [m.strip() for m in str(args.mask_at).split(",") if m.strip()]
     controls = [c.strip() for c in args.controls.split(",") if c.strip()]
-    return dict(rho=rhos, lam=lams, mask_at=masks, controls=controls)
+    return dict(rho=list(values(args, "rho")), lam=list(values(args, "lam")), mask_at=list(values(args, "mask_at")),
+                controls=controls)
 
 
 def check_arguments(args) -> None:
-    import mech
-
-    axes = lists(args)
-    for name in ("rho", "lam", "mask_at"):
-        if not axes[name]:
-            raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: give at least one value")
-    bad = [m for m in axes["mask_at"] if m not in mech.interventions.MASK_AT]
-    if bad:
-        raise cli.UsageError(f"--mask-at {','.join(bad)}: use input, normed or attention")
-    bad = [c for c in axes["controls"] if c not in CONTROLS]
+    controls = [c.strip() for c in args.controls.split(",") if c.strip()]
+    if not controls:
+        raise cli.UsageError(f"--controls {args.controls!r}: give at least one of {', '.join(CONTROLS)}")
+    bad = [c for c in controls if c not in CONTROLS]
     if bad:
         raise cli.UsageError(f"--controls {','.join(bad)}: use {', '.join(CONTROLS)}")
     if args.seeds < 1:
         raise cli.UsageError(f"--seeds {args.seeds}: give at least 1 seed for the random control")
 
 
-def runs(settings: list[dict], candidates, controls, seeds: int) -> tuple[dict, dict]:
+def runs(settings: list[dict], candidates, controls, seeds: int, heads: str = "mean") -> tuple[dict, dict]:
     """``({run name: ContrastiveMask}, {run name: metadata})`` for each setting (review,
-    post, mask_at, rho, lam): the method and each control (random once per seed)."""
+    post, mask_at, rho, lam): the method and each control (random once per seed).
+    ``candidates``: a set for `mech.ContrastiveMask`, or a function of the setting."""
     import mech
 
     named, meta = {}, {}
     for setting in settings:
-        base = dict(review=setting["review"], post=setting["post"], candidates=candidates,
-                    rho=setting["rho"], lam=setting["lam"], mask_at=setting["mask_at"])
+        base = dict(review=setting["review"], post=setting["post"],
+                    candidates=candidates(setting) if callable(candidates) else candidates,
+                    rho=setting["rho"], lam=setting["lam"], mask_at=setting["mask_at"], heads=heads)
         picks = [("contrastive", 0)] + [(c, s) for c in controls for s in (range(seeds) if c == "random" else [0])]
         for select, seed in picks:
             name = f"{setting_name(setting)}|{select}" + (f"|seed{seed}" if select == "random" else "")
@@ -125,6 +114,7 @@ def table(ds: xr.Dataset, seed: int = 0, by: str | None = None, min_samples: int
     ``dataset/question type`` with ``by="question_type"`` (groups of at least
     ``min_samples``)."""
     from mech import stats
+    from mech.comparisons import P_VALUE
 
     settings = list(dict.fromkeys(ds["setting"].values.tolist()))
     controls = [c for c in CONTROLS if c in set(ds["selection"].values.tolist())]
@@ -153,12 +143,12 @@ def table(ds: xr.Dataset, seed: int = 0, by: str | None = None, min_samples: int
         base = one["baseline_score"].values
         for s, setting in enumerate(settings):
             method = _control_scores(one, setting, "contrastive").values
-            gain = stats.paired_bootstrap_diff(method, base, seed=seed)
+            gain = stats.paired_bootstrap_diff(method, base, seed=seed)  # CI and p of one bootstrap
             picks = np.flatnonzero(((one["setting"] == setting) & (one["selection"] == "contrastive")).values)
             changed = (one["prediction"].isel(run=picks[0]) != one["baseline_prediction"]).sum().item()
             out["contrastive_accuracy"][r, s], out["baseline_accuracy"][r, s] = method.mean(), base.mean()
             out["gain"][r, s], out["gain_ci"][r, s] = gain["mean_diff"], (gain["low"], gain["high"])
-            out["gain_p_value"][r, s] = float(stats.paired_test(method, base, seed=seed))
+            out["gain_p_value"][r, s] = gain["p_value"]
             out["changed"][r, s], out["n_samples"][r, s] = changed, len(base)
             for c, control in enumerate(controls):
                 other = _control_scores(one, setting, control).values
@@ -166,7 +156,7 @@ def table(ds: xr.Dataset, seed: int = 0, by: str | None = None, min_samples: int
                 out["control_accuracy"][r, s, c] = other.mean()
                 out["difference"][r, s, c] = diff["mean_diff"]
                 out["difference_ci"][r, s, c] = diff["low"], diff["high"]
-                out["p_value"][r, s, c] = float(stats.paired_test(method, other, seed=seed))
+                out["p_value"][r, s, c] = diff["p_value"]
     dims2, dims3 = ("row", "setting"), ("row", "setting", "control")
     t = xr.Dataset({k: ((*dims2, "bound") if k == "gain_ci" else (*dims3, "bound") if k == "difference_ci"
                         else dims3 if v.ndim == 3 else dims2, v) for k, v in out.items()},
@@ -174,32 +164,49 @@ def table(ds: xr.Dataset, seed: int = 0, by: str | None = None, min_samples: int
                            "bound": ["low", "high"]})
     t["difference"].attrs["long_name"] = "contrastive - control accuracy (same samples)"
     t["difference_ci"].attrs["long_name"] = "paired bootstrap 95% CI of contrastive - control"
-    t["p_value"].attrs["long_name"] = "paired test contrastive vs control: McNemar (0/1) or paired bootstrap"
+    t["p_value"].attrs["long_name"] = P_VALUE
+    t["gain_p_value"].attrs["long_name"] = P_VALUE
     t["gain"].attrs["long_name"] = "contrastive - baseline accuracy (same samples)"
     t["changed"].attrs["long_name"] = "predictions the contrastive run changes against the baseline"
     t["control_accuracy"].attrs["long_name"] = "the control's accuracy (random: mean over its seeds per sample)"
     return t
 
 
-def format_table(t: xr.Dataset, row_label: str = "dataset") -> str:
-    controls = list(t["control"].values)
-    head = (f"{row_label:<22}{'setting':<34}{'base':>6}{'contr':>7}{'Δ base [95% CI]':>22}{'chg':>5}"
-            + "".join(f"{c[:10]:>11}{'Δ [95% CI]':>20}" for c in controls))
-    lines = [head]
+def summary_table(t: xr.Dataset, row_label: str = "dataset", seeds: int | None = None):
+    """The summary as a `studies.tables.Table`: per row and setting, the unmasked model and
+    each control against the contrastive run, Δ with its CI and p, changed predictions."""
+    from .tables import Table, interval, p_value, percent, points
+
+    legend = ["Δ", "95% CI", "p", "changed", "ρ", "λ", "n"]
+    controls = [str(c) for c in t["control"].values]
+    if "random" in controls:
+        legend.append("random: slots drawn at random" + (f", mean over {seeds} seeds per sample" if seeds else ""))
+    for name, meaning in (("high-ia", "the highest contrastive scores"), ("low-attention", "the lowest A(post)"),
+                          ("low-pre-attention", "the lowest A(i*)")):
+        if name in controls:
+            legend.append(f"{name}: the tokens with {meaning}")
+    legend.append("every control scales exactly as many tokens per sample as the contrastive run")
+    table = Table([row_label, "review", "mask at", "ρ", "λ", "contrastive", "against", "its accuracy", "Δ",
+                   "95% CI", "p", "changed", "n"], numeric={1, 3, 4, 5, 7, 8, 10, 11, 12}, legend=legend)
     for row in t["row"].values:
         for setting in t["setting"].values:
             one = t.sel(row=row, setting=setting)
-            lo, hi = (float(v) * 100 for v in one["gain_ci"].values)
-            line = (f"{str(row):<22}{str(setting):<34}{float(one['baseline_accuracy']) * 100:>5.1f}%"
-                    f"{float(one['contrastive_accuracy']) * 100:>6.1f}%"
-                    f"{float(one['gain']) * 100:>+7.1f} [{lo:+5.1f},{hi:+5.1f}]{int(one['changed']):>5}")
+            review, mask_at, rho, lam = str(setting).split("|")
+            head = [str(row), review.removeprefix("review"), mask_at, rho.removeprefix("rho"), lam.removeprefix("lam"),
+                    percent(one["contrastive_accuracy"])]
+            table.add(*head, "no intervention", percent(one["baseline_accuracy"]), points(one["gain"]),
+                      interval(*one["gain_ci"].values), p_value(one["gain_p_value"]), int(one["changed"]),
+                      int(one["n_samples"]))
             for c in controls:
                 x = one.sel(control=c)
-                clo, chi = (float(v) * 100 for v in x["difference_ci"].values)
-                line += (f"{float(x['control_accuracy']) * 100:>10.1f}%"
-                         f"{float(x['difference']) * 100:>+7.1f} [{clo:+5.1f},{chi:+5.1f}]")
-            lines.append(line)
-    return "\n".join(lines)
+                table.add(*[""] * len(head), c, percent(x["control_accuracy"]), points(x["difference"]),
+                          interval(*x["difference_ci"].values), p_value(x["p_value"]), "", "")
+            table.gap()
+    return table
+
+
+def format_table(t: xr.Dataset, row_label: str = "dataset", seeds: int | None = None) -> str:
+    return summary_table(t, row_label, seeds).text()
 
 
 def prefixed(t: xr.Dataset, prefix: str) -> xr.Dataset:
@@ -209,86 +216,103 @@ def prefixed(t: xr.Dataset, prefix: str) -> xr.Dataset:
     return t.rename({"setting": "table_setting"})
 
 
-def markdown(t: xr.Dataset) -> str:
-    """The summary as a Markdown table: percentages, differences in points with their
-    paired bootstrap 95% CIs (``*``: the paired test gives p < 0.05)."""
-    controls = [str(c) for c in t["control"].values]
+def unprefixed(ds: xr.Dataset, prefix: str) -> xr.Dataset:
+    """The `table` that `prefixed` merged into a saved dataset, back under its own names."""
+    t = ds[[v for v in ds.data_vars if v.startswith(f"{prefix}_") and f"{prefix}_row" in ds[v].dims]]
+    return t.rename({v: v.removeprefix(f"{prefix}_") for v in t.data_vars} | {f"{prefix}_row": "row",
+                                                                            "table_setting": "setting"})
 
-    def cell(diff, ci, p):
-        lo, hi = (float(v) * 100 for v in ci)
-        return f"{float(diff) * 100:+.1f} [{lo:+.1f}, {hi:+.1f}]{'*' if float(p) < 0.05 else ''}"
 
-    head = ["dataset", "review", "mask at", "ρ", "λ", "baseline", "contrastive", "− baseline", "changed",
-            *[f"− {c}" for c in controls]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in t["row"].values:
-        for setting in t["setting"].values:
-            one = t.sel(row=row, setting=setting)
-            review, mask_at, rho, lam = str(setting).split("|")
-            lines.append("| " + " | ".join([
-                str(row), review.removeprefix("review"), mask_at, rho.removeprefix("rho"), lam.removeprefix("lam"),
-                f"{float(one['baseline_accuracy']) * 100:.1f}", f"{float(one['contrastive_accuracy']) * 100:.1f}",
-                cell(one["gain"], one["gain_ci"].values, one["gain_p_value"]), str(int(one["changed"])),
-                *[cell(one["difference"].sel(control=c), one["difference_ci"].sel(control=c).values,
-                       one["p_value"].sel(control=c)) for c in controls]]) + " |")
-    return "\n".join(lines)
+def report_tables(ds: xr.Dataset) -> list:
+    """The tables `studies.report` shows for a saved ``controls.nc``."""
+    seeds = int(ds.attrs["seeds"]) if "seeds" in ds.attrs else None
+    tables = [summary_table(unprefixed(ds, "table"), seeds=seeds)]
+    tables[0].title = "Contrastive attention against the unmasked model and the controls"
+    if "type_row" in ds.dims:
+        tables.append(summary_table(unprefixed(ds, "type"), "dataset/type", seeds=seeds))
+        tables[1].title = "The same by question type"
+    return tables
+
+
+def markdown(t: xr.Dataset, seeds: int | None = None) -> str:
+    """The summary as a Markdown table (the same cells as the printed one)."""
+    return summary_table(t, seeds=seeds).markdown()
 
 
 def settings_from(args, model, chosen) -> list[dict]:
+    """Every combination of ``--review``, ``--mask-at``, ``--rho``, ``--lam`` (one review
+    layer: the given or discovered one, with its post-integrated layer)."""
+    from .options import values
+
     axes = lists(args)
-    reviews = [chosen.review] if not getattr(args, "reviews", None) else \
-        [cli.layer_option(model, "--review", r) for r in cli.layer_list("--review", args.reviews)]
-    return [dict(review=r, post=(chosen.post if r == chosen.review else r - 1), mask_at=m, rho=rho, lam=lam)
+    reviews = [chosen.review] if args.review is None else list(values(args, "review"))
+    post = lambda r: chosen.post if r == chosen.review else (args.post if args.post is not None else r - 1)
+    return [dict(review=r, post=post(r), mask_at=m, rho=rho, lam=lam)
             for r, m, rho, lam in itertools.product(reviews, axes["mask_at"], axes["rho"], axes["lam"])]
 
 
-def main(argv=None) -> xr.Dataset:
-    from mech import plots
+def markdown_path(args) -> Path | None:
+    """``--markdown NAME``: ``<out>/NAME`` (outputs go under ``--out`` only)."""
+    if args.markdown is None:
+        return None
+    name = Path(args.markdown)
+    if name.is_absolute() or ".." in name.parts:
+        raise cli.UsageError(f"--markdown {args.markdown}: give a file name; it is written under --out "
+                             f"({args.out}), e.g. --markdown controls.md")
+    return args.out / name
 
+
+def main(argv=None) -> xr.Dataset:
+    import mech
+    from mech import plots, progress
+
+    from . import options
     from .layer_masking import sweep as masking_sweep
 
     parser = cli.parser("controls", __doc__)
-    layer_choice.add_arguments(parser)
-    parser.add_argument("--reviews", default=None,
-                        help="comma-separated review layers to span (each with post = review - 1); default: "
-                             "the given --review or the discovered one")
-    parser.add_argument("--rho", default="0.2", help="comma-separated mask ratios in [0, 1] (default: 0.2)")
-    parser.add_argument("--lam", default="0.1", help="comma-separated scales >= 0 for the masked tokens (default: 0.1)")
-    parser.add_argument("--candidates", default="all",
-                        help="candidate set for the pre-integrated layer: all, shallow or deep (default: all)")
+    options.add_contrastive(parser, grid=GRID)
     add_arguments(parser)
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help="also write the summary table as Markdown to this file")
+    parser.add_argument("--markdown", nargs="?", const="controls.md", default=None, metavar="NAME",
+                        help="also write the summary table as Markdown to <out>/NAME (default NAME: controls.md)")
+    cli.add_check(parser, markdown_path)
     args = cli.parse(parser, argv)
     model, samples = inputs.start(args)
-    if args.reviews:
-        for r in cli.layer_list("--review", args.reviews):
-            if r < 1:
-                raise cli.UsageError(f"--reviews {args.reviews}: layer 0 has no post-integrated layer before it")
-    options = inputs.run_options(args)
-    masking = None if args.review is not None else masking_sweep(model, samples, out=args.out, seed=args.seed,
-                                                                 **options)
+    run = inputs.run_options(args)
+    needs_layers = args.review is None or (args.candidates == "fusion" and args.fusion is None)
+    steps = 2 if needs_layers else 1
+    masking = None
+    if needs_layers:
+        with progress.phase(f"1/{steps} layer-masking sweep (the layers)"):
+            print(f"1/{steps} layer-masking sweep (the layers)")
+            masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **run)
     chosen = layer_choice.resolve(args, model, masking)
     settings = settings_from(args, model, chosen)
-    named, meta = runs(settings, args.candidates, lists(args)["controls"], args.seeds)
-    print(f"{model}; {len(settings)} setting(s) x {len(named) // len(settings)} runs; layers ({chosen.source}): "
-          f"review {chosen.review}, post {chosen.post}")
-    ds = evaluate(model, samples, named, meta, out=args.out, seed=args.seed, **options)
+    named, meta = runs(settings, lambda s: options.candidates_for(args.candidates, chosen.fusion, s["post"]),
+                       lists(args)["controls"], args.seeds, heads=args.heads)
+    title = (f"{steps}/{steps} contrastive attention and controls: {len(settings)} setting(s) x "
+             f"{len(named) // len(settings)} runs, {len(samples)} dataset(s)")
+    print(f"{model}; layers ({chosen.source}): review {chosen.review}, post {chosen.post}, fusion "
+          f"{list(chosen.fusion)}\n{title}")
+    with progress.phase(title):
+        ds = evaluate(model, samples, named, meta, out=args.out, seed=args.seed, **run)
     summary = table(ds, args.seed)
-    print(format_table(summary))
+    print(format_table(summary, seeds=args.seeds))
     by_type = table(ds, args.seed, by="question_type")
     if by_type.sizes["row"]:
-        print(format_table(by_type, "dataset/type"))
-    if args.markdown:
+        print("\nby question type\n" + format_table(by_type, "dataset/type", seeds=args.seeds))
+    path = markdown_path(args)
+    if path is not None and mech.parallel.current().writes:
         from mech.store import atomic_write
 
-        atomic_write(args.markdown, lambda tmp: tmp.write_text(markdown(summary) + "\n"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(markdown(summary, seeds=args.seeds) + "\n"))
+        print(f"wrote {path}")
     ds = ds.merge(prefixed(summary, "table"))
     if by_type.sizes["row"]:
         ds = ds.merge(prefixed(by_type, "type"))
-    return output.finish(ds, args, model, "controls", lambda d: plots.controls(summary), candidates=args.candidates,
-                         controls=lists(args)["controls"], seeds=args.seeds,
-                         settings=json.dumps(settings), **chosen.attrs())
+    return output.finish(ds, args, model, "controls", lambda d: plots.controls(summary, d.attrs),
+                         candidates=args.candidates, heads=args.heads, controls=lists(args)["controls"],
+                         seeds=args.seeds, settings=json.dumps(settings), **chosen.attrs())
 
 
 if __name__ == "__main__":

@@ -62,16 +62,46 @@ def check(ds: xr.Dataset, post_layer=None, seed: int = 0):
                                seed=seed)
 
 
+def profile_table(ds: xr.Dataset):
+    """Mean Hellinger distance (and its 25-75% spread) per layer and dataset."""
+    from .tables import Table, number
+
+    datasets = [str(d) for d in ds["dataset"].values]
+    n = {d: int(ds["is_sample"].sel(dataset=d).sum()) for d in datasets}
+    t = Table(["layer i", *[f"{d} H (n={n[d]})" for d in datasets], *[f"{d} 25-75%" for d in datasets]],
+              numeric=set(range(1 + 2 * len(datasets))), legend=["H"])
+    for layer in ds["layer"].values:
+        h = {d: ds["hellinger"].sel(dataset=d, layer=layer).values[ds["is_sample"].sel(dataset=d).values]
+             for d in datasets}
+        t.add(int(layer), *[number(np.nanmean(h[d])) for d in datasets],
+              *[f"{np.nanpercentile(h[d], 25):.3f}-{np.nanpercentile(h[d], 75):.3f}" for d in datasets])
+    return t
+
+
+def format_table(ds) -> str:
+    return profile_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``hellinger_profile.nc``."""
+    table = profile_table(ds)
+    table.title = "Hellinger distance to the final layer's attention"
+    return [table]
+
+
 def main(argv=None) -> xr.Dataset:
+    from mech import plots, progress
+
+    from .options import HEADS, HELP
+
     parser = cli.parser("hellinger_profile", __doc__)
-    parser.add_argument("--heads", default="mean", choices=["mean", "max"], help="head reduction (default: mean)")
+    parser.add_argument("--heads", default="mean", choices=HEADS, help=HELP["--heads"][1])
     args = cli.parse(parser, argv)
     model, samples = inputs.start(args)
-    ds = profile(model, samples, out=args.out, heads=args.heads, **inputs.run_options(args))
+    with progress.phase("image attention at every layer"):
+        ds = profile(model, samples, out=args.out, heads=args.heads, **inputs.run_options(args))
     found = check(ds, seed=args.seed)
-    from mech import plots
-
-    print(ds["hellinger"].mean("sample").to_pandas().round(3).to_string())
+    print(format_table(ds))
     print(found.reason)
     return output.finish(ds, args, model, "hellinger_profile", plots.hellinger_profile, heads=args.heads,
                          closest_layer=found.layer, closest_reason=found.reason)

@@ -179,3 +179,9 @@ def run_options(args) -> dict[str, Any]:
     if args.remote:
         options["remote"] = True if args.remote == "ndif" else "local"
     return options
+
+
+if __name__ == "__main__":
+    from .cli import not_a_study
+
+    not_a_study(__spec__.name)

@@ -42,7 +42,43 @@ def check_sweep(args) -> None:
                                 "the sweep")
 
 
+def masking_table(ds: xr.Dataset):
+    """Accuracy (with its CI), changed predictions and 1/t per masked layer and dataset,
+    the unmasked model first."""
+    from .tables import Table, accuracy_interval, number, percent
+
+    timing = ds["inverse_time"].attrs.get("timing", "")
+    t = Table(["dataset", "masked at", "accuracy", "acc 95% CI", "changed", "1/t (1/s)"], numeric={1, 2, 3, 4, 5},
+              legend=["masked at L: the image tokens zeroed at the input of decoder layer L (prefill); none: the "
+                      "unmasked model", "acc CI", "changed: predictions that differ from the unmasked model's", "1/t"],
+              note="1/t with the clean prefill shared (the default sweep): a layer's time covers only layers >= L, "
+                   "so it is not a standalone 1/t (--naive-sweep gives that)" if "sweep" in timing else "")
+    for d in ds["dataset"].values:
+        one = ds.sel(dataset=d)
+        t.add(str(d), "none", percent(one["baseline_accuracy"]), accuracy_interval(*one["baseline_accuracy_ci"].values),
+              "", number(one["baseline_mean_inverse_time"], 2))
+        for layer in one["layer"].values:
+            x = one.sel(layer=layer)
+            t.add("", int(layer), percent(x["accuracy"]), accuracy_interval(*x["accuracy_ci"].values),
+                  int(x["changed"]), number(x["mean_inverse_time"], 2))
+        t.gap()
+    return t
+
+
+def format_table(ds) -> str:
+    return masking_table(ds).text()
+
+
+def report_tables(ds) -> list:
+    """The tables `studies.report` shows for a saved ``layer_masking.nc``."""
+    table = masking_table(ds)
+    table.title = "Accuracy and 1/t by masked layer"
+    return [table]
+
+
 def main(argv=None) -> xr.Dataset:
+    from mech import progress
+
     p = cli.parser("layer_masking", __doc__)
     p.add_argument("--naive-sweep", action="store_true",
                    help="one full generate per layer (1/t of a standalone masked run) instead of "
@@ -57,11 +93,11 @@ def main(argv=None) -> xr.Dataset:
     args = cli.parse(p, argv)
     model, samples = inputs.start(args)
     fast = False if args.naive_sweep else "shared" if args.share_image_rows else True
-    ds = sweep(model, samples, out=args.out, seed=args.seed, fast=fast,
-               **inputs.run_options(args))
+    with progress.phase("layer-masking sweep"):
+        ds = sweep(model, samples, out=args.out, seed=args.seed, fast=fast, **inputs.run_options(args))
     from mech import plots
 
-    print(ds[["accuracy", "mean_inverse_time"]].to_dataframe().round(3).to_string())
+    print(format_table(ds))
     return output.finish(ds, args, model, "layer_masking", plots.layer_masking,
                          intervention="ZeroImage(layer=L, at='input') during prefill",
                          sweep={False: "naive: one full generate per layer",

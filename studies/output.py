@@ -162,3 +162,8 @@ def finish(ds: xr.Dataset, args, model, study: str, figure, **attrs) -> xr.Datas
     ds.attrs.update(provenance(args, model, study=study, **attrs))
     publish(ds, args, study, figure)
     return ds
+
+if __name__ == "__main__":
+    from .cli import not_a_study
+
+    not_a_study(__spec__.name)

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import xarray as xr
 
-from . import cli, inputs, output, controls, hellinger_profile, layers as layer_choice
+from . import cli, inputs, options, output, controls, hellinger_profile, layers as layer_choice
 from .layer_masking import sweep as masking_sweep
-from .strategies import add_contrastive_arguments
 
 
 def paired_table(ds: xr.Dataset, seed: int, dim: str = "intervention", coord="contrastive") -> xr.Dataset:
     """Per dataset (and ``average``): accuracy of baseline and contrastive (the run
-    ``coord`` along ``dim``), difference with its paired bootstrap CI, and the paired-test
-    p-value."""
+    ``coord`` along ``dim``), difference with its paired bootstrap CI, and the p-value of
+    the same bootstrap."""
     import mech
 
     table = mech.comparisons.paired_rows(ds, dim, coord, seed)
@@ -44,82 +43,92 @@ def paired_table(ds: xr.Dataset, seed: int, dim: str = "intervention", coord="co
 
 
 def format_table(table: xr.Dataset) -> str:
-    lines = [f"{'':<10} {'baseline':>9} {'contrastive':>12} {'diff':>7}  {'95% CI':<16} {'p':>7}  n"]
+    return table1(table).text()
+
+
+def report_tables(ds: xr.Dataset) -> list:
+    """The tables `studies.report` shows for a saved ``review_layer.nc``."""
+    seeds = int(ds.attrs["seeds"]) if "seeds" in ds.attrs else None
+    first = controls.summary_table(controls.unprefixed(ds, "controls"), seeds=seeds)
+    first.title = "No intervention vs contrastive attention and the controls"
+    t1 = ds[[v for v in ds.data_vars if v.startswith("table1_")]]
+    t1 = t1.rename({v: v.removeprefix("table1_") for v in t1.data_vars} | {"table1_row": "row"})
+    second = table1(t1)
+    second.title = "The paper's Table 1 row"
+    return [first, second]
+
+
+def table1(table: xr.Dataset):
+    """The paper's Table 1 row: per dataset (and the average), the unmasked model and
+    contrastive attention, Δ with its CI and p, n."""
+    from .tables import Table, interval, p_value, percent, points
+
+    t = Table(["dataset", "no intervention", "contrastive", "Δ", "95% CI", "p", "n"], numeric={1, 2, 3, 5, 6},
+              legend=["Δ", "95% CI", "p", "n"],
+              note="average: the mean of the dataset accuracies; its CI and p pool the samples"
+              if "average" in table["row"].values else "")
     for row in table["row"].values:
         r = table.sel(row=row)
-        lo, hi = (float(v) * 100 for v in r["difference_ci"].values)
-        lines.append(f"{row:<10} {float(r['baseline_accuracy']) * 100:>8.1f}% "
-                     f"{float(r['contrastive_accuracy']) * 100:>11.1f}% {float(r['difference']) * 100:>+6.1f}  "
-                     f"[{lo:+.1f}, {hi:+.1f}]{'':<3} {float(r['p_value']):>7.3f}  {int(r['n_samples'])}")
-    return "\n".join(lines)
-
-
-def check_candidates(args) -> None:
-    if args.candidates not in ("fusion", "all", "shallow", "deep"):
-        raise cli.UsageError(f"--candidates {args.candidates}: use fusion, all, shallow or deep")
+        t.add(str(row), percent(r["baseline_accuracy"]), percent(r["contrastive_accuracy"]), points(r["difference"]),
+              interval(*r["difference_ci"].values), p_value(r["p_value"]), int(r["n_samples"]))
+    return t
 
 
 def main(argv=None) -> xr.Dataset:
-    from mech import plots
+    from mech import plots, progress
 
     parser = cli.parser("review_layer", __doc__)
-    add_contrastive_arguments(parser)
-    parser.add_argument("--candidates", default="fusion",
-                        help="candidate set for the pre-integrated layer: fusion (the discovered set S; "
-                             "'all' when S has no layer below the post layer), all, shallow or deep "
-                             "(default: fusion)")
-    controls.add_arguments(parser, grid=False)
-    parser.set_defaults(controls="random")
-    cli.add_check(parser, check_candidates)
+    options.add_contrastive(parser, defaults={"candidates": "fusion"})
+    controls.add_arguments(parser, default="random")
     args = cli.parse(parser, argv)
     model, samples = inputs.start(args)
-    options = inputs.run_options(args)
+    run = inputs.run_options(args)
     print(f"{model}; datasets: {', '.join(f'{k} ({len(v)})' for k, v in samples.items())}")
 
     print("1/4 layer-masking sweep")
-    masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **options)
+    with progress.phase("1/4 layer-masking sweep"):
+        masking = masking_sweep(model, samples, out=args.out, seed=args.seed, **run)
     chosen = layer_choice.resolve(args, model, masking)
     marks = {"fusion": chosen.fusion, "review": chosen.review, "fallback": chosen.source == "fallback"}
     output.finish(masking, args, model, "layer_masking", lambda d: plots.layer_masking(d, marks), **chosen.attrs())
-    print(f"2/4 layers ({chosen.source}): fusion S = {list(chosen.fusion)}, review layer {chosen.review}, "
-          f"post-integrated layer {chosen.post}\n    {chosen.reason}")
+    print("2/4 " + "\n".join(chosen.lines()))
     by_type = layer_choice.discover_by_type(masking, seed=args.seed)
-    for qtype, found in by_type.items():
-        print(f"    {qtype:<8} fusion {list(found['fusion'])}, review "
-              f"{found['review'] if found['review'] is not None else 'none'} (n={found['n']})")
+    if by_type:
+        print("    by question type:\n" + "\n".join(layer_choice.by_type_lines(by_type)))
 
     print("3/4 Hellinger profile")
-    profile = hellinger_profile.profile(model, samples, out=args.out, **options)
+    with progress.phase("3/4 Hellinger profile"):
+        profile = hellinger_profile.profile(model, samples, out=args.out, heads=args.heads, **run)
     check = hellinger_profile.check(profile, post_layer=chosen.post, seed=args.seed)
-    output.finish(profile, args, model, "hellinger_profile", plots.hellinger_profile, closest_layer=check.layer,
-                  closest_reason=check.reason)
+    output.finish(profile, args, model, "hellinger_profile", plots.hellinger_profile, heads=args.heads,
+                  closest_layer=check.layer, closest_reason=check.reason)
     print(f"    {check.reason}")
 
-    candidates = args.candidates
-    if candidates == "fusion":
-        below = [l for l in chosen.fusion if l < chosen.post]
-        candidates = below if below else "all"
-        if not below:
-            print(f"    the fusion set {list(chosen.fusion)} has no layer below the post-integrated layer "
-                  f"{chosen.post}: using all layers below it as candidates")
+    candidates = options.candidates_for(args.candidates, chosen.fusion, chosen.post)
+    if args.candidates == "fusion" and candidates == "all":
+        print(f"    the fusion set {list(chosen.fusion)} has no layer below the post-integrated layer "
+              f"{chosen.post}: using all layers below it as candidates")
     picked = controls.lists(args)["controls"]
-    print(f"4/4 baseline vs contrastive attention and controls ({', '.join(picked)}); candidates {candidates}, "
-          f"rho {args.rho}, lambda {args.lam}, mask at {args.mask_at}")
+    title = (f"4/4 no intervention vs contrastive attention and controls ({', '.join(picked)}): candidates "
+             f"{candidates}, ρ {args.rho:g}, λ {args.lam:g}, mask at {args.mask_at}")
+    print(title)
     setting = dict(review=chosen.review, post=chosen.post, mask_at=args.mask_at, rho=args.rho, lam=args.lam)
-    named, meta = controls.runs([setting], candidates, picked, args.seeds)
-    ds = controls.evaluate(model, samples, named, meta, out=args.out, seed=args.seed, **options)
+    named, meta = controls.runs([setting], candidates, picked, args.seeds, heads=args.heads)
+    with progress.phase(title.split(":")[0]):
+        ds = controls.evaluate(model, samples, named, meta, out=args.out, seed=args.seed, **run)
     method = next(name for name, m in meta.items() if m["selection"] == "contrastive")
     table = paired_table(ds, args.seed, dim="run", coord=method)
     summary = controls.table(ds, args.seed)
     paired = table.rename({v: f"table1_{v}" for v in table.data_vars} | {"row": "table1_row"})
     ds = ds.merge(paired).merge(controls.prefixed(summary, "controls"))
-    print(controls.format_table(summary))
+    print(controls.format_table(summary, seeds=args.seeds))
     if len(table["row"]) > 2:
-        print(format_table(table.sel(row=["average"])))
-    return output.finish(ds, args, model, "review_layer", lambda d: plots.controls(summary), rho=args.rho,
-                         lam=args.lam, mask_at=args.mask_at, candidates=candidates, controls=picked, seeds=args.seeds,
-                         intervention=repr(named[method]), hellinger_closest_layer=check.layer,
-                         hellinger_agrees=str(check.agrees), discovery_by_question_type=by_type, **chosen.attrs())
+        print("\naverage over the datasets (the paper's Table 1 row)\n" + format_table(table.sel(row=["average"])))
+    return output.finish(ds, args, model, "review_layer", lambda d: plots.controls(summary, d.attrs), rho=args.rho,
+                         lam=args.lam, mask_at=args.mask_at, heads=args.heads, candidates=candidates,
+                         controls=picked, seeds=args.seeds, intervention=repr(named[method]),
+                         hellinger_closest_layer=check.layer, hellinger_agrees=str(check.agrees),
+                         discovery_by_question_type=by_type, **chosen.attrs())
 
 
 if __name__ == "__main__":

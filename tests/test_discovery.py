@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mech.discovery import discover_layers, min_hellinger_check
+from mech.discovery import DiscoveryWarning, discover_layers, min_hellinger_check
 
 # 32 layers, rising like cumulative masking: steps (drops) after layers 2, 4, 8, 11, 12, 13,
 # a flat stretch 14..28 at the baseline level, and a review dip at 29.
@@ -196,3 +196,72 @@ def test_min_hellinger_bad_input():
         min_hellinger_check(xr.DataArray(np.zeros((4, 3)), dims=("layer", "head")))
     with pytest.raises(ValueError, match="at least 3"):
         min_hellinger_check(xr.DataArray(np.zeros((2, 3)), dims=("layer", "sample")))
+
+
+# --- bootstrap selection frequencies -------------------------------------------------------
+
+def _hand_frequencies(da, base, n_bootstrap, seed, **kw):
+    """The rule run on each resample by hand: discover_layers without its own bootstrap on
+    the resampled samples (the same index rows as `bootstrap_indices`)."""
+    from mech.discovery import bootstrap_indices
+
+    n_layers, n = da.sizes["layer"], da.sizes["sample"]
+    fusion, review = np.zeros(n_layers), np.zeros(n_layers)
+    for idx in bootstrap_indices(n, n_bootstrap, seed):
+        r = discover_layers(da.isel(sample=idx), baseline=None if base is None else base.isel(sample=idx),
+                            n_bootstrap=0, **kw)
+        fusion[list(r.fusion_layers)] += 1
+        if r.review_layer is not None:
+            review[r.review_layer] += 1
+    return fusion / n_bootstrap, review / n_bootstrap
+
+
+def test_bootstrap_frequencies_equal_a_hand_loop_over_resamples():
+    # a planted-like 8-layer curve measured on few samples: fusion steps at 1 and 2, a flat
+    # stretch 3..5 and a review drop at 6, with borderline steps so frequencies are not 0/1
+    profile = [.30, .30, .40, .47, .47, .45, .47, .88]
+    c = exact_counts(profile, 120, seed=3)
+    da = xr.DataArray(c, dims=("layer", "sample"))
+    base = xr.DataArray(exact_counts([.90], 120, seed=4)[0], dims=("sample",))
+    with pytest.warns(DiscoveryWarning):
+        r = discover_layers(da, baseline=base, n_bootstrap=150, seed=5, n_resamples=200)
+    fusion, review = _hand_frequencies(da, base, 150, 5, n_resamples=200)
+    np.testing.assert_array_equal(r.stats["fusion_frequency"].values, fusion)
+    np.testing.assert_array_equal(r.stats["review_frequency"].values, review)
+    assert r.fusion_frequency == {L: float(f) for L, f in enumerate(fusion)}
+    assert np.isclose(r.stats.attrs["no_review_frequency"], 1 - review.sum())
+    unsettled = [f for f in [*fusion, *review] if 0.05 < f < 0.95]
+    assert len(unsettled) >= 2, (fusion, review)  # the comparison is not one of zeros and ones
+    assert r.stable is False
+
+
+def test_soft_score_frequencies_follow_the_hand_loop():
+    rng = np.random.default_rng(11)
+    p = np.array([.3, .3, .45, .55, .55, .55, .56, .85])[:, None]
+    soft = np.round((rng.random((8, 300)) < p) * rng.choice([1, 1, 0.6], (8, 300)), 1)
+    da = xr.DataArray(soft, dims=("layer", "sample"))
+    with pytest.warns(DiscoveryWarning):
+        r = discover_layers(da, n_bootstrap=40, n_resamples=250)
+    fusion, review = _hand_frequencies(da, None, 40, 0, n_resamples=250)
+    # normal approximation inside the resamples vs the paired bootstrap by hand
+    assert np.abs(r.stats["fusion_frequency"].values - fusion).max() <= 0.1
+    assert np.abs(r.stats["review_frequency"].values - review).max() <= 0.1
+
+
+def test_frequencies_settle_with_many_samples_and_warn_with_few():
+    profile = [.30, .30, .45, .60, .60, .60, .60, .90]
+    big = xr.DataArray(exact_counts(profile, 2000, seed=1), dims=("layer", "sample"))
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error", DiscoveryWarning)
+        r = discover_layers(big, n_bootstrap=200)
+    assert (r.fusion_layers, r.review_layer) == ((1, 2), 6) and r.stable is True
+    assert r.fusion_frequency[1] == r.fusion_frequency[2] == r.review_frequency[6] == 1.0
+    assert r.frequencies_text() == "S = {1, 2} — selected in 100%, 100% of 200 resamples; review layer 6 — 100%"
+    small = xr.DataArray(exact_counts(profile, 40, seed=1), dims=("layer", "sample"))
+    with pytest.warns(DiscoveryWarning, match=r"n = 40 samples.*too small"):
+        discover_layers(small, n_bootstrap=200)
+    assert "fusion_frequency" not in discover_layers(big, n_bootstrap=0).stats
+    with pytest.raises(ValueError, match="n_bootstrap"):
+        discover_layers(big, n_bootstrap=-1)

@@ -157,7 +157,7 @@ def test_every_study_on_a_family_with_its_own_positions_or_masks(name, tmp_path)
     given = [*base, "--review", "2"]
     ds = hellinger_profile.main(base)
     assert ds.attrs["family"] == name
-    for study, extra in ((strategies, []), (pre_layer, []), (mask_ratio, ["--ratios", "0,1"]),
+    for study, extra in ((strategies, []), (pre_layer, []), (mask_ratio, ["--rho", "0,1"]),
                          (controls, ["--seeds", "1"]), (baselines, [])):
         ds = study.main([*given, *extra])
         assert ds.attrs["family"] == name, study.__name__

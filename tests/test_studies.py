@@ -29,7 +29,7 @@ def common_attrs_ok(ds, study):
 def test_review_layer_writes_everything(checkpoint, out, capsys):
     review_layer.main(["--model", checkpoint, "--out", str(out), *ARGS])
     printed = capsys.readouterr().out
-    assert "layers (" in printed and "baseline" in printed and "contrastive" in printed
+    assert "layers (" in printed and "no intervention" in printed and "contrastive" in printed
     for name in ("review_layer", "layer_masking", "hellinger_profile"):
         assert (out / f"{name}.nc").exists()
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
@@ -79,7 +79,7 @@ def test_other_studies(checkpoint, out):
     assert ds["frequency"].dims == ("dataset", "layer")
     assert np.allclose(ds["frequency"].sum("layer"), 1)
     assert int(ds["count"].sum()) == 6 * ds.sizes["dataset"]
-    ds = mask_ratio.main([*base, "--ratios", "0,0.5,1"])
+    ds = mask_ratio.main([*base, "--rho", "0,0.5,1"])
     assert list(ds["ratio"].values) == [0, 0.5, 1] and ds["ratio"].attrs["units"] == "fraction"
     for name in ("strategies", "pre_layer", "mask_ratio"):
         reopened = xr.open_dataset(out / f"{name}.nc")

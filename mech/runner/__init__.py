@@ -28,15 +28,15 @@ records (timings aside) as an uninterrupted one.
 The package, one concern a module: `single` (`run`), `sweeps` (`sweep` and the shared-prefill
 zero-masking path), `job` (a run's fingerprints, chunk store traffic and the chunk schedule
 among processes), `generate` (one batch, timed), `records` (records and scoring), `checks`
-(argument checks), `names` (`slug`).
+(argument checks), `names` (`slug`, `label`).
 """
 
 from ..decoding import Decoder
 from ..results import Record, Results
 from .generate import ContextWarning
-from .names import slug
+from .names import label, slug
 from .records import OUTPUT
 from .single import run
 from .sweeps import sweep
 
-__all__ = ["run", "sweep", "slug", "Decoder", "Record", "Results", "ContextWarning", "OUTPUT"]
+__all__ = ["run", "sweep", "slug", "label", "Decoder", "Record", "Results", "ContextWarning", "OUTPUT"]

@@ -1,4 +1,5 @@
-"""How runs are named: a run's folder name (`slug`) and a function's name in a fingerprint."""
+"""How runs are named: a run's folder name (`slug`), the short label a person reads
+(`label`), and a function's name in a fingerprint."""
 
 from __future__ import annotations
 
@@ -30,6 +31,33 @@ def slug(intervention) -> str:
     return "+".join(parts)[:80] + "-" + st.digest(st.canonical(interventions))[:8]
 
 
+def label(intervention) -> str:
+    """What a person reads for a run: the class and its non-default parameters, no hash.
+
+    ``label(None) == "no intervention"``; ``label(ZeroImage(layer=3)) == "ZeroImage layer=3"``;
+    ``label(ContrastiveMask(review=5, select="random", seed=1))`` is
+    ``"ContrastiveMask review=5 select=random seed=1"``; lists join their parts with ``+``.
+    """
+    interventions = [intervention] if isinstance(intervention, Decoder) else as_list(intervention)
+    if not interventions:
+        return "no intervention"
+    parts = []
+    for iv in interventions:
+        words = [type(iv).__name__]
+        for f in getattr(iv, "__dataclass_fields__", {}).values():
+            value = getattr(iv, f.name)
+            if f.init and differs(value, f.default):
+                if isinstance(value, float):
+                    text = f"{value:g}"
+                elif isinstance(value, (list, tuple)):
+                    text = ",".join(str(v) for v in value)
+                else:
+                    text = str(value) if isinstance(value, (str, int)) else "…"
+                words.append(f"{f.name}={text}")
+        parts.append(" ".join(words))
+    return " + ".join(parts)
+
+
 def differs(value, default) -> bool:
     try:
         return bool(value != default)
@@ -43,3 +71,9 @@ def function_name(fn) -> str:
     if inner is not fn:
         name += st.dumps(st.canonical([list(fn.args), dict(fn.keywords)]))
     return name
+
+
+def run_label(samples, what: str) -> str:
+    """A run as its progress names it: the samples' datasets, then ``what`` (a `label`)."""
+    datasets = ",".join(dict.fromkeys(d for d in (getattr(s, "dataset", "") for s in samples) if d))
+    return f"{datasets} · {what}" if datasets else what

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-from .. import metrics, parallel
+from .. import metrics
+from .. import progress as progress_mod
 from .. import prompts as prompts_mod
 from ..decoding import Decoder
 from ..interventions import Intervention
@@ -12,6 +13,7 @@ from ..results import Results
 from .checks import as_list, check_decoder
 from .generate import run_batch
 from .job import Job, drive
+from .names import label, run_label
 
 
 def run(model, samples: Iterable, intervention: Intervention | Sequence[Intervention] | None = None,
@@ -44,7 +46,8 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             named labels (CaptureImageAttention with all layers and heads can be large).
             Labels are the result keys (``"pre_layer"``; ``"layer5"`` for a layer key),
             prefixed ``"Class."`` when a list is run (``"Class[i]."`` if a class repeats).
-        progress: show a tqdm bar.
+        progress: show progress: this run advances the running `mech.progress.phase`,
+            or shows a bar of its own outside one.
         remote: nnsight's ``remote=`` (``True``: NDIF; ``"local"``: serialisation dry run).
             Results do not depend on it, so it is not part of the chunk fingerprint; the
             seconds then include the round trip to the server.
@@ -60,15 +63,14 @@ def run(model, samples: Iterable, intervention: Intervention | Sequence[Interven
             recomputed with a `mech.ChunkWarning` naming it (False, the default) or reused
             (True), and then listed in ``meta["chunks_of_other_code"]`` and the manifest.
     """
-    from tqdm.auto import tqdm
-
     samples = list(samples)
     check_decoder(model, decoder, as_list(intervention), remote)
     job = Job(model, samples, intervention, out, batch_size, max_new_tokens, question_prompt,
                chunk_size, extras, remote, decoder=decoder, protocol=protocol, model_fingerprint=model_fingerprint,
                reuse_other_code=reuse_other_code)
-    bar = tqdm(total=len(samples), disable=not progress or not parallel.current().writes_output, unit="sample",
-               desc=job.meta["slug"])
+    # one bar: the running phase's, or this run's own (mech.progress)
+    bar = progress_mod.task(run_label(samples, label(decoder if decoder is not None else intervention)), len(samples),
+                            show=progress, unit="sample")
 
     def compute(chunk, todo):
         new = []

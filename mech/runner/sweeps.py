@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from .. import metrics, parallel
+from .. import progress as progress_mod
 from .. import prompts as prompts_mod
 from .. import store as st
 from ..decoding import Decoder
@@ -18,7 +19,7 @@ from ..zero_sweep import zero_mask_sweep
 from .checks import as_list
 from .generate import warn_context
 from .job import Job, drive
-from .names import slug
+from .names import label, run_label, slug
 from .single import run
 
 
@@ -64,9 +65,15 @@ def sweep(model, samples: Iterable, interventions, *, out=None, fast: bool | str
         if not re.fullmatch(r"[\w.+=-]+", name):
             raise ValueError(f"run name {name!r} is not a safe folder name ([A-Za-z0-9_.+=-])")
     folders = {name: None if out is None else Path(out) / name for name in named}
+    # the runs share one bar: the running phase's, or the sweep's own
+    with progress_mod.phase(f"mech.sweep, {len(named)} runs", total=len(samples) * len(named), show=kwargs.get("progress", True)):
+        return _sweep(model, samples, named, folders, fast, kwargs)
+
+
+def _sweep(model, samples, named, folders, fast, kwargs) -> dict[str, Results]:
     if fast and not kwargs.get("remote") and all(zero_layer(iv) is not ... for iv in named.values()):
-        if fast == "shared" and out is not None:  # beside the bitwise chunks, never over them
-            folders = {name: folder if zero_layer(named[name]) is None
+        if fast == "shared":  # beside the bitwise chunks, never over them
+            folders = {name: folder if folder is None or zero_layer(named[name]) is None
                        else folder.with_name(name + "+shared-rows") for name, folder in folders.items()}
         return zero_mask_sweep_runs(model, samples, named, folders, shared=fast == "shared", **kwargs)
     fingerprint = st.model_fingerprint(model)  # hashes every weight: once for all runs
@@ -99,8 +106,6 @@ def zero_mask_sweep_runs(model, samples, named, folders, *, shared: bool = False
     Each run keeps its own folder, fingerprints and chunk files exactly as `run` writes
     them; a chunk is computed only for the runs that do not have it yet.
     """
-    from tqdm.auto import tqdm
-
     layer_of = {name: zero_layer(iv) for name, iv in named.items()}
     fingerprint = st.model_fingerprint(model)  # once for all runs: it hashes every weight
     jobs = {name: Job(model, samples, iv, folders[name], batch_size, max_new_tokens, question_prompt,
@@ -112,8 +117,12 @@ def zero_mask_sweep_runs(model, samples, named, folders, *, shared: bool = False
     templates = None
     if shared:  # one for the run: every batch after the first reuses the zeroed image rows
         templates = ImageRowTemplates(model)
-    bar = tqdm(total=len(samples) * len(jobs), disable=not progress or not parallel.current().writes_output, unit="run-sample",
-               desc=f"zero-mask sweep ({len(jobs)} runs{', shared image rows' if shared else ''})")
+    # one bar: the running phase's, or the sweep's own (mech.progress)
+    layers = sorted(layer for layer in layer_of.values() if layer is not None)
+    what = f"ZeroImage layer={layers[0]}..{layers[-1]}" if len(layers) > 1 else label(next(iter(named.values())))
+    bar = progress_mod.task(run_label(samples, f"zero-masking sweep, {len(jobs)} runs ({what}"
+                                               f"{', shared image rows' if shared else ''})"),
+                            len(samples) * len(jobs), show=progress)
 
     def compute(chunk, todo):
         layers = sorted({layer_of[name] for name in todo} - {None})

@@ -64,6 +64,7 @@ class Batcher:
         side = int(round(n_image_tokens ** 0.5))
         self.patch_centers = (np.arange(side) + 0.5) * (IMAGE_SIZE / side)  # pixels
         self.user = self.ids("USER:")
+        self.newline = self.ids("\n")  # [] unless the tokenizer keeps newlines (`build_tokenizer`)
         self.assistant = self.ids("ASSISTANT:")
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id
@@ -103,7 +104,8 @@ class Batcher:
             scene = scene_in_split(self.rng, "train", **stage.scene_kw())
             images.append(render(scene))
             patches.append(self.patch_labels(scene))
-            seq, lab = list(self.user) + self.image, [-100] * (len(self.user) + len(self.image))
+            head = list(self.user) + self.image + list(self.newline)
+            seq, lab = head, [-100] * len(head)
             for j, (q, a) in enumerate(self.turns(scene, turns)):
                 prompt = (self.user if j else []) + self.ids(q) + self.assistant
                 answer = self.ids(a) + [self.eos]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..datasets.shapes import COLORS, QUESTION_TYPES, SHAPES
 from .evaluate import accuracy_by_type, predict
+from .runs import question_types
 
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / 4, "exist": 1 / 2,
           "spatial": 1 / len(SHAPES), "relcolor": 1 / len(COLORS)}
@@ -73,8 +74,6 @@ def plot(log: list[dict], path: Path) -> None:
 
 def write_card(args, result) -> dict:
     model, processor, out = result["model"], result["processor"], Path(args.out)
-    from .train import question_types
-
     types = question_types(args)
     metrics = measure(model, processor, args.n_test, types)
     metrics["train_minutes"] = result["minutes"]
@@ -82,8 +81,13 @@ def write_card(args, result) -> dict:
     plot(result["log"], out / "training_curve.png")
     n_params = sum(p.numel() for p in model.parameters())
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    text = _card_text(args, result, metrics, n_params, size_mb, types)
-    text += LAYER_SECTION.format(n_test=args.n_test, table=layer_curve(out, args.n_test, types))
+    if getattr(args, "plant", False):  # the ground-truth model: its own card
+        from .review_card import write_text
+
+        text = write_text(args, result, metrics, n_params, size_mb, types, test_seed=TEST_SEED)
+    else:
+        text = _card_text(args, result, metrics, n_params, size_mb, types)
+        text += LAYER_SECTION.format(n_test=args.n_test, table=layer_curve(out, args.n_test, types))
     (out / "README.md").write_text(text)
     return metrics
 
@@ -162,7 +166,8 @@ def main(argv=None):
     model = LlavaForConditionalGeneration.from_pretrained(ns.out, local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(ns.out, local_files_only=True)
     print(json.dumps(write_card(args, dict(model=model, processor=processor,
-                                           minutes=saved["train_minutes"], log=saved["log"])), indent=1))
+                                           minutes=saved["train_minutes"], log=saved["log"],
+                                           command=saved.get("command"))), indent=1))
 
 
 if __name__ == "__main__":

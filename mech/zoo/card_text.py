@@ -115,3 +115,104 @@ their masking curves. Neither gets there, so neither is shipped.
 measures contrastive attention against its controls on this checkpoint (see the README's
 "Where the mask acts, and controls"); `controls.md` holds the last such table.
 """
+
+
+REVIEW_TEMPLATE = """\
+# tiny-llava-review: a model whose fusion and review layers are known
+
+A tiny **LLaVA-1.5** (`LlavaForConditionalGeneration`, the same architecture, tokenizer and
+processor as `data/tiny-llava-shapes`: CLIP 4x128 tower, 64 image tokens, Llama decoder of
+{n_layers} layers x 128) trained so that image information enters the text at chosen
+layers and nowhere else. It is the toolkit's ground truth: `mech.discover_layers` should
+recover the planted layers without being told, and the contrastive method can be judged at
+a layer where the model really looks at the image again. {n_params:,} parameters,
+{size_mb:.1f} MB; a plain `save_pretrained` folder, no custom class, no mask at inference:
+
+```python
+import mech
+model = mech.load("tiny-review")          # or mech.load("{out}")
+```
+
+## Planted design
+
+Text tokens may attend to image keys only at these sites: {sites}. Image tokens attend to
+each other and every text token to earlier text at every layer (causal), as usual.
+
+* **Fusion layers {fusion}**: only the first text token after the image (the question's
+  first word, "what" / "how" / "is") may read the image, before the asked object is named,
+  so what it carries is a question-independent summary of the scene.
+* **Review layer {review}**: only the answer position (the `:` of `ASSISTANT:`, the last
+  prompt token) may read the image, once the question is resolved: the second look.
+* **Review ablation**: in a share {dropout:g} of training images the image tokens are zeroed
+  at the input of the layer after the last fusion layer (what `mech.ZeroImage` does), and
+  only the answers {fusion_answers} are trained there. Counting and existence must
+  therefore be answerable from the fusion summary alone; colour, shape and spatial
+  questions are left to the review read.
+
+How the sites are enforced (`mech.zoo.planted`): a per-layer 4-D additive attention mask on
+the forbidden (text query, image key) pairs, hard for the first {hold:.0%} of the steps, then a
+logit bias falling from {bias:g} to 0 over the next {anneal:.0%}, then no mask; throughout, the
+attention mass still reaching forbidden image keys (eager attention) is penalised with
+weight {weight:g}. The checkpoint's own weights keep the pattern (measured below).
+
+## Training
+
+```bash
+{command}
+```
+
+Seed {seed}; {steps} steps of 32 images x 4 question turns; initial weights: {init}.
+Measured training time: **{minutes:.1f} minutes** on 2 CPU cores shared with other jobs
+(torch CPU, 1 thread), validation included, this card's evaluation not included.
+
+## Held-out test accuracy
+
+`shapes(split="test", n={n_test}, seed=0)`, greedy generation, first word == gold answer;
+"image zeroed": image tokens zeroed at the input of layer 0; "text prior": the most
+frequent training answer of each question text.
+
+| question type | accuracy | image zeroed | text prior |
+|---|---|---|---|
+{rows}
+
+## Where the image matters: the masking curve per question type
+
+Image tokens zeroed at the input of each layer (prefill; `mech.sweep` of `mech.ZeroImage`,
+the toolkit's own path), the same {n_test} test samples:
+
+{curve}
+
+## Blind recovery: what `discover_layers` finds
+
+On the curve above (`mech.discovery.discover_layers`, default rule, 1,000 bootstrap
+resamples): fusion layers **{found_fusion}**, review layer **{found_review}** (planted:
+fusion {fusion}, review {review}).
+
+{frequencies}
+
+{reason}
+
+## The planted pattern in the weights
+
+Mean attention mass on the 64 image keys (over heads and 100 test samples, eager attention,
+no mask) of the summary query (the first text token after the image), the answer query
+(the last prompt token) and every other text query after the image:
+
+{attention}
+
+## The main job on this model
+
+`python -m studies.review_layer --model tiny-review` (clean shapes and distractor dots, 200
+samples each; candidates for the pre-integrated layer: the discovered fusion set below
+the post-integrated layer):
+
+```
+{main_job}
+```
+
+## Contrastive attention against its controls
+
+{controls}
+
+Summary (cells with a paired test p < 0.05): {tally}.
+"""

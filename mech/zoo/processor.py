@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -27,8 +27,13 @@ LLAVA_CHAT_TEMPLATE = (
 TEMPLATE_WORDS = ("user", "assistant", ":", "[", "]", "inst", "/", "?", ".", ",", "'")
 
 
-def build_tokenizer(words: Iterable[str], special: Sequence[str] = (), **named: str) -> PreTrainedTokenizerFast:
+def build_tokenizer(words: Iterable[str], special: Sequence[str] = (), newline: bool = False,
+                    **named: str) -> PreTrainedTokenizerFast:
     """A lower-casing word-level tokenizer over ``words`` plus the template words.
+
+    ``newline=True`` keeps ``"\n"`` as a token of its own (the last id, so every other id is
+    as without it): in ``USER: <image>\n{question}`` it is the one text token between the
+    image and the question.
 
     Punctuation is split off words, so ``"ASSISTANT:"`` is two tokens. Unknown words map
     to ``<unk>``. ``<image>`` and ``special`` (another family's markers, e.g.
@@ -38,14 +43,14 @@ def build_tokenizer(words: Iterable[str], special: Sequence[str] = (), **named: 
     """
     specials = (*SPECIAL_TOKENS, *special)
     vocab: dict[str, int] = {}
-    for token in (*specials, *TEMPLATE_WORDS, *words):
+    for token in (*specials, *TEMPLATE_WORDS, *words, *(["\n"] if newline else [])):
         token = token if token in specials else token.lower()
         vocab.setdefault(token, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
+    split = ([pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),  # spaces, not newlines
+              pre_tokenizers.Split("\n", behavior="isolated")] if newline else [pre_tokenizers.WhitespaceSplit()])
+    core.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Punctuation()])
     core.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -69,6 +74,7 @@ def build_processor(
     patch_size: int = 8,
     grid_pinpoints: Sequence[Sequence[int]] | None = None,
     chat_template: str | None = LLAVA_CHAT_TEMPLATE,
+    newline: bool = False,
 ):
     """A ``LlavaProcessor`` (family ``"llava-1.5"``) or ``LlavaNextProcessor``
     (``"llava-next"``) whose image processor resizes/crops to ``image_size`` and whose
@@ -76,9 +82,10 @@ def build_processor(
     and ``vision_feature_select_strategy="default"`` (the LLaVA-1.5 setting): one
     ``<image>`` per patch, ``(image_size // patch_size) ** 2`` per image (per tile for NeXT).
     ``chat_template``: the processor's chat template, as hub processors carry one
-    (default `LLAVA_CHAT_TEMPLATE`; None builds a processor without one).
+    (default `LLAVA_CHAT_TEMPLATE`; None builds a processor without one). ``newline``: see
+    `build_tokenizer`.
     """
-    tokenizer = build_tokenizer(words)
+    tokenizer = build_tokenizer(words, newline=newline)
     common = dict(
         do_resize=True,
         size={"shortest_edge": image_size},

@@ -25,9 +25,11 @@ def vocabulary() -> list[str]:
     return list(VOCABULARY)
 
 
-def tiny_processor():
-    """The ``LlavaProcessor`` of the tiny model (word-level tokenizer, 64 image tokens)."""
-    return build_processor(vocabulary(), family="llava-1.5", image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+def tiny_processor(newline: bool = False):
+    """The ``LlavaProcessor`` of the tiny model (word-level tokenizer, 64 image tokens);
+    ``newline=True``: ``"\n"`` is a token too (the ground-truth model's summary position)."""
+    return build_processor(vocabulary(), family="llava-1.5", image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+                           newline=newline)
 
 
 def tiny_config(processor=None, layers: int = 8) -> LlavaConfig:

@@ -1,0 +1,117 @@
+"""Card of the ground-truth model: a tiny LLaVA whose fusion and review layers were planted.
+
+``card.write_card`` calls `write_text` for a ``--plant`` run. Everything in it is measured
+here, on the saved checkpoint, through the toolkit's own path: the zero-masking curve per
+question type (`mech.sweep` of `mech.ZeroImage` at every layer), `discover_layers` on it
+with bootstrap selection frequencies, and the attention mass each kind of text query puts
+on image keys per layer (eager attention, no mask: the planted pattern as the weights
+hold it). The main job's output (``review_layer.txt``) and the controls table
+(``controls.md``), made by the studies, are included when present in the folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .runs import planted_sites
+
+
+def masking_scores(out, samples) -> dict[str, np.ndarray]:
+    """``{"none" | "zero-layerL": (n,) 0/1 scores}`` of the checkpoint in ``out`` on ``samples``."""
+    import mech
+
+    model = mech.load(str(out))
+    named = {"none": None, **{f"zero-layer{l}": mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
+    runs = mech.sweep(model, samples, named, fast=True, batch_size=50, max_new_tokens=3, progress=False)
+    return {name: np.array([r.score for r in results.records], dtype=float) for name, results in runs.items()}
+
+
+def curve_table(samples, scores, types) -> str:
+    """Markdown: accuracy per question type (columns) with the image zeroed at each layer (rows)."""
+    qtype = np.array([s.extras["question_type"] for s in samples])
+    cols = [*types, "overall"]
+    lines = ["| image tokens zeroed at | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, sc in scores.items():
+        label = "no masking" if name == "none" else f"input of layer {name.removeprefix('zero-layer')}"
+        cells = [f"{100 * sc[qtype == t].mean():.1f}%" if t != "overall" else f"**{100 * sc.mean():.1f}%**"
+                 for t in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def discovery(scores, seed: int = 0):
+    """`mech.discovery.discover_layers` on the masking scores (1,000 bootstrap resamples)."""
+    import xarray as xr
+
+    from ..discovery import discover_layers
+
+    layers = sorted(int(k.removeprefix("zero-layer")) for k in scores if k != "none")
+    correct = xr.DataArray(np.stack([scores[f"zero-layer{l}"] for l in layers]), dims=("layer", "sample"))
+    return discover_layers(correct, baseline=xr.DataArray(scores["none"], dims=("sample",)), seed=seed)
+
+
+def attention_table(model, processor, samples, sites) -> str:
+    """Markdown: per layer, the mean attention mass on image keys of the summary query,
+    the answer query and every other text query after the image (mask-free checkpoint)."""
+    from .planted import image_attention_by_site
+
+    mass = image_attention_by_site(model, processor, samples, sites)
+    lines = ["| layer | planted site | summary query (first token after the image) | answer query (last prompt token) "
+             "| other text queries |", "|---|---|---|---|---|"]
+    for layer in range(len(mass["answer"])):
+        site = ("fusion" if layer in sites.fusion else "review" if layer == sites.review else "–")
+        lines.append(f"| {layer} | {site} | {mass['summary'][layer]:.3f} | {mass['answer'][layer]:.3f} | "
+                     f"{mass['other'][layer]:.3f} |")
+    return "\n".join(lines)
+
+
+def tally(controls_markdown: str) -> str:
+    """One line per comparison column of a `studies.controls` Markdown table: cells where
+    contrastive is significantly better / worse (``*``: paired test p < 0.05) of all."""
+    rows = [line.split("|")[1:-1] for line in controls_markdown.splitlines() if line.startswith("| ")]
+    if len(rows) < 2:
+        return ""
+    head, body = [c.strip() for c in rows[0]], rows[1:]
+    out = []
+    for c, name in enumerate(head):
+        if not name.startswith("−"):
+            continue
+        cells = [r[c].strip() for r in body]
+        sig = [float(re.match(r"[+-]?\d+\.\d", x).group()) for x in cells if x.endswith("*")]
+        out.append(f"contrastive {name}: better in {sum(v > 0 for v in sig)}, worse in {sum(v < 0 for v in sig)} "
+                   f"of {len(cells)} cells")
+    return "; ".join(out)
+
+
+def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int = 0) -> str:
+    """The README of a ``--plant`` checkpoint (test samples ``shapes("test", n_test, test_seed)``)."""
+    from ..datasets import shapes
+    from .card_text import REVIEW_TEMPLATE
+
+    out, sites = Path(args.out), planted_sites(args)
+    test = shapes("test", n=args.n_test, seed=test_seed, types=types)
+    scores = masking_scores(out, test)
+    found = discovery(scores)
+    m = metrics
+    rows = "\n".join(f"| {t} | {100 * m['accuracy'][t]:.1f}% | {100 * m['accuracy_image_zeroed'][t]:.1f}% | "
+                     f"{100 * m['text_prior'][t]:.1f}% |" for t in [*types, "overall"])
+    extra = {}
+    for name in ("review_layer.txt", "controls.md"):
+        path = out / name
+        extra[name] = path.read_text().strip() if path.exists() else "(not measured yet)"
+    command = " ".join(result.get("command") or ["python -m mech.zoo.train --preset review"])
+    return REVIEW_TEMPLATE.format(
+        out=args.out, n_params=n_params, size_mb=size_mb, sites=sites.describe(), fusion=", ".join(map(str, sites.fusion)),
+        review=sites.review, n_layers=result["model"].config.text_config.num_hidden_layers, command=command,
+        minutes=result["minutes"], init=getattr(args, "init", None) or "random weights", seed=args.seed,
+        steps=args.steps + args.phase3_steps, hold=args.hold, anneal=args.anneal, bias=args.bias_start,
+        weight=args.site_weight, dropout=getattr(args, "review_dropout", 0.0),
+        fusion_answers=getattr(args, "fusion_answers", ""), n_test=args.n_test, rows=rows,
+        curve=curve_table(test, scores, types), found_fusion=list(found.fusion_layers), found_review=found.review_layer,
+        frequencies=found.frequencies_text(), reason=found.reason,
+        attention=attention_table(result["model"], result["processor"], test[:100], sites),
+        main_job=extra["review_layer.txt"], controls=extra["controls.md"], tally=tally(extra["controls.md"]) or "–",
+    )
