@@ -12,9 +12,11 @@ paper reads off fusion set 2, 4, 8, 11, 12, 13 and review layer 29 by eye).
 
 How stable the answer is: the same rule is applied to bootstrap resamples of the samples,
 and each layer's selection frequency as a fusion layer and as the review layer is
-reported. The rule (`_select`) and its resampled application live in this one module
-(past ~400 lines) so that the two can never drift apart: both call the same function,
-only the paired tests behind it differ (`_PairTests`).
+reported.
+
+One piece: the rule (`_select`) and its resampled application stay in this module (past
+~400 lines) so that the two can never drift apart: both call the same function, only the
+paired tests behind it differ (`_PairTests`).
 """
 
 from __future__ import annotations
