@@ -45,6 +45,10 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", default=[], metavar="NAME=PATH",
                    help="read dataset NAME from PATH (its official files, a save_to_disk folder or a hub "
                         "snapshot) instead of the hub; repeatable")
+    p.add_argument("--question-types", default=None, metavar="LIST",
+                   help="shapes sets only: comma-separated question types to cycle through (color, shape, count, "
+                        "exist, spatial, relcolor), e.g. the types a model was trained on (default: color, shape, "
+                        "count, exist, spatial)")
     p.add_argument("--limit", type=int, default=200,
                    help="samples per dataset, a seeded subsample; a larger limit extends a smaller one, so "
                         "its finished chunks are reused (default: %(default)s)")

@@ -122,6 +122,27 @@ def sources(args, names=None) -> dict[str, str]:
     return out
 
 
+def question_types(args) -> tuple[str, ...] | None:
+    """``--question-types`` as a tuple (None: each shapes set's default types); refused
+    unless every dataset is a shapes set."""
+    from mech.datasets.shapes import EXTRA_TYPES, QUESTION_TYPES
+
+    text = getattr(args, "question_types", None)
+    if text is None:
+        return None
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    known = QUESTION_TYPES + EXTRA_TYPES
+    unknown = [t for t in types if t not in known]
+    if not types or unknown:
+        raise UsageError(f"--question-types {text}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; "
+                         f"use some of {', '.join(known)}, e.g. --question-types color,shape")
+    other = [n for n in dataset_names(args) if not (n == "shapes" or n.startswith("shapes-"))]
+    if other:
+        raise UsageError(f"--question-types {text}: only the shapes sets have question types, not "
+                         f"{', '.join(other)}; drop it or give --datasets shapes,shapes-dots")
+    return types
+
+
 def load_model(args):
     import mech
 
@@ -141,10 +162,12 @@ def load_samples(args) -> dict[str, list]:
     """``{dataset: samples}`` for ``--datasets`` with ``--limit``, ``--seed`` and ``--source``."""
     import mech
 
-    given = sources(args)
+    given, types = sources(args), question_types(args)
     out = {}
     for name in dataset_names(args):
         options = {"source": given[name]} if name in given else {}
+        if types is not None:
+            options["types"] = types
         try:
             out[name] = list(mech.datasets.load(name, limit=args.limit, seed=args.seed, **options))
             mech.datasets.check_samples(out[name], "its loader")  # ids, images, answers: before any model work

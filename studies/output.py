@@ -65,6 +65,8 @@ def provenance(args, model, **extra) -> dict[str, Any]:
                                 "nnsight": nnsight.__version__, "xarray": xr.__version__,
                                 "python": platform.python_version()}),
     }
+    if getattr(args, "question_types", None):  # only when given: earlier datasets keep their config id
+        attrs["question_types"] = args.question_types
     for key, value in extra.items():
         attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
     attrs["config_id"] = config_id(attrs)

@@ -154,3 +154,19 @@ def test_layer_masking_with_shared_image_rows(checkpoint, tmp_path):
     assert sorted(p.name for p in (tmp_path / "chunks" / "shapes").glob("*+shared-rows")) == \
         sorted(p.name + "+shared-rows" for p in (tmp_path / "chunks" / "shapes").glob("zeroimage-*")
                if not p.name.endswith("+shared-rows"))
+
+
+def test_question_types_select_the_shapes_questions(tmp_path):
+    """--question-types: only those types are asked (e.g. the ones a model was trained on),
+    the dataset says so; bad values and non-shapes datasets are refused before model work."""
+    from studies import inputs
+
+    parser = cli.CURRENT.get("parser") or cli.parser("layer_masking", "")
+    args = parser.parse_args(["--question-types", "color,spatial", "--limit", "8"])
+    samples = inputs.load_samples(args)
+    assert {s.extras["question_type"] for d in samples.values() for s in d} == {"color", "spatial"}
+    assert [s.id for s in samples["shapes"]] != [s.id for s in mech.datasets.load("shapes", limit=8)]
+    for bad, match in ((["--question-types", "colour"], "--question-types colour: unknown colour"),
+                       (["--question-types", "color", "--datasets", "shapes,easyvqa"], "not easyvqa")):
+        with pytest.raises(cli.UsageError, match=match):
+            layer_masking.main([*bad, "--out", str(tmp_path)])

@@ -115,7 +115,7 @@ def _classify(info: BenchmarkInfo, source: str | os.PathLike | None) -> tuple[st
 def load(name: str, *, split: str | None = None, source: str | os.PathLike | None = None,
          limit: int | None = None, seed: int = 0, revision: str | None = None,
          ocr: bool = False, image_dir: str | os.PathLike | None = None,
-         cache_dir: str | None = None) -> Sequence[Sample]:
+         cache_dir: str | None = None, types: Sequence[str] | None = None) -> Sequence[Sample]:
     """Load benchmark ``name`` (see ``DATASETS``) as a sequence of ``Sample``.
 
     ``source``: None -> the pinned lmms-eval copy on the Hub (``lmms-lab-encoder/...``);
@@ -127,21 +127,27 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
     limit extends a smaller one (so a larger run reuses the smaller one's chunks).
     ``ocr``: TextVQA only, mark samples for LLaVA's "Reference OCR token:" prompt.
     ``split``: only the evaluated split of each benchmark is supported.
+    ``types``: the shapes sets only, the question types to cycle through (default: every
+    type of `mech.datasets.shapes.QUESTION_TYPES`), e.g. those a model was trained on.
 
     From the Hub, ``datasets`` downloads the whole split first (VQAv2 validation is
     several GB) even when ``limit`` is small; ``cache_dir`` is passed through.
     """
     info = _info(name)
+    is_shapes = name == "shapes" or name.startswith("shapes-")
+    if types is not None and not is_shapes:
+        raise ValueError(f"{name}: types= selects question types of the generated shapes sets only")
     if name in _LOADERS:
         if split is not None or source is not None:
             raise ValueError(f"{name}: a registered loader takes only limit= and seed=")
         return _LOADERS[name](name, limit=limit, seed=seed)
     if name == "easyvqa":
         return easyvqa(split or info.split, limit, seed)
-    if name == "shapes" or name.startswith("shapes-"):
+    if is_shapes:
         if limit is None:
             raise ValueError(f"{name} is generated: pass limit=N for the number of samples")
-        return list(shapes(split or info.split, limit, seed, clutter=name.partition("-")[2] or None))
+        kinds = {} if types is None else {"types": tuple(types)}
+        return list(shapes(split or info.split, limit, seed, clutter=name.partition("-")[2] or None, **kinds))
     if split not in (None, info.split, info.hf_split):
         raise ValueError(f"{name}: split {split!r} not supported; this loader reads the "
                          f"evaluated split {info.split!r}")

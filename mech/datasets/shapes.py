@@ -221,6 +221,8 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None
     unknown = [t for t in types if t not in QUESTION_TYPES + EXTRA_TYPES]
     if unknown:
         raise ValueError(f"question types {unknown} are not known; use {QUESTION_TYPES + EXTRA_TYPES}")
+    # another selection of types is another set of samples: its ids say which
+    stem = "" if tuple(types) == QUESTION_TYPES else "+".join(types) + "-"
     types = [t for t in types if t != "count"] if clutter == "crowd" else list(types)
     dataset = "shapes" if clutter is None else f"shapes-{clutter}"
     out = []
@@ -243,7 +245,7 @@ def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None
             image = add_clutter(image, scene, clutter, np.random.default_rng(
                 [seed, _SPLIT_STREAM[split], i, _CLUTTER_STREAM[clutter]]))
         out.append(Sample(
-            id=f"{dataset}-{split}-{seed}-{i:05d}", dataset=dataset, image=image,
+            id=f"{dataset}-{split}-{seed}-{stem}{i:05d}", dataset=dataset, image=image,
             question=question, answers=(answer,) * 10,
             extras={"question_type": qtype, "n_objects": len(scene.objects), "scene": scene,
                     **({"clutter": clutter} if clutter else {})},
