@@ -31,6 +31,25 @@ from .positions import question_mask
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 # "tiny-review": the ground-truth tiny model with planted fusion and review layers.
 TINY_REVIEW_PATH = Path(__file__).resolve().parent.parent / "data" / "tiny-llava-review"
+# The models the repository ships, by the name `load` takes: (the module global holding its
+# folder, read when used so that a changed TINY_PATH counts; what it is; how to retrain it).
+EMBEDDED = {
+    "tiny": ("TINY_PATH", "the embedded tiny model", "python -m mech.zoo.train"),
+    "tiny-review": ("TINY_REVIEW_PATH", "the ground-truth tiny model", "python -m mech.zoo.train --preset review"),
+}
+
+
+def embedded_folder(name: str) -> Path | None:
+    """The folder of shipped model ``name`` (``"tiny"``, ``"tiny-review"``), None for any other
+    name; FileNotFoundError, saying how to retrain it, when the folder is missing."""
+    if name not in EMBEDDED:
+        return None
+    where, what, command = EMBEDDED[name]
+    folder = globals()[where]
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{what} is missing at {folder}; retrain it with `{command}` or check out "
+                                "data/ from the repository")
+    return folder
 
 def check_config(config: dict, where: str) -> Family:
     """The family a config.json describes; ValueError unless it is a supported one."""
@@ -339,18 +358,8 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
         model = load(module, processor=processor or random_processor, template=template)
         model.source = name
         return model
-    if name == "tiny":
-        if not (TINY_PATH / "config.json").exists():
-            raise FileNotFoundError(f"the embedded tiny model is missing at {TINY_PATH}; retrain it with "
-                                    f"`python -m mech.zoo.train` or check out data/ from the repository")
-        target, family = resolve_source(str(TINY_PATH))
-    elif name == "tiny-review":
-        if not (TINY_REVIEW_PATH / "config.json").exists():
-            raise FileNotFoundError(f"the ground-truth tiny model is missing at {TINY_REVIEW_PATH}; retrain it with "
-                                    f"`python -m mech.zoo.train --preset review` or check out data/ from the repository")
-        target, family = resolve_source(str(TINY_REVIEW_PATH))
-    else:
-        target, family = resolve_source(name, revision)
+    folder = embedded_folder(name)
+    target, family = resolve_source(str(folder)) if folder else resolve_source(name, revision)
     options = dict(kwargs, attn_implementation=attn_implementation or "sdpa")
     if revision is not None:
         options["revision"] = revision

@@ -55,7 +55,7 @@ def local_kind(source) -> str | None:
     if not isinstance(source, (str, os.PathLike)):
         return "a built module"
     name = str(source)
-    return ("the embedded model" if name == "tiny" else "a random model" if name.startswith(RANDOM)
+    return ("the embedded model" if name in ("tiny", "tiny-review") else "a random model" if name.startswith(RANDOM)
             else "a local folder" if Path(name).expanduser().exists() else None)
 
 

@@ -29,7 +29,8 @@ def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny",
-                   help="'tiny' (the embedded model, default), a local checkpoint folder, a "
+                   help="'tiny' (the embedded model, default), 'tiny-review' (the ground-truth model with planted "
+                        "fusion and review layers), a local checkpoint folder, a "
                         "Hugging Face id of a supported family (llava-hf/llava-1.5-7b-hf, "
                         "Qwen/Qwen2-VL-2B-Instruct, google/gemma-3-4b-it, ...), or random:FAMILY for a "
                         "tiny random model of that family (random:qwen2-vl)")

@@ -65,13 +65,14 @@ def check_out(out: Path) -> None:
 def check_model_source(args) -> None:
     """The model ``--model`` names exists and is supported, and its weight files are whole,
     before the samples load (cheap: config and file headers, no weights)."""
-    from mech.model import TINY_PATH, resolve_source
+    from mech.model import EMBEDDED, embedded_folder, resolve_source
     from mech.model_files import RANDOM
 
-    if args.model.startswith(RANDOM) or (args.model == "tiny" and not (TINY_PATH / "config.json").exists()):
-        return  # nothing on disk to check (a missing embedded model: mech.load says how to get it)
+    if args.model.startswith(RANDOM):
+        return  # nothing on disk to check
     try:
-        resolve_source(str(TINY_PATH) if args.model == "tiny" else args.model, args.revision)
+        folder = embedded_folder(args.model)
+        resolve_source(str(folder) if args.model in EMBEDDED else args.model, args.revision)
     except (ValueError, OSError, ImportError) as error:
         raise UsageError(f"--model {args.model}: {error}") from None
 

@@ -135,10 +135,16 @@ def planted():
 
 @pytest.fixture(scope="module")
 def masking(planted):
-    """Zero-masking scores at every layer on 150 clean test samples (the toolkit's sweep)."""
-    from mech.zoo.review_card import masking_scores
+    """Zero-masking scores at every layer on 400 clean test samples of the question types
+    the model was trained on (the toolkit's sweep). 400: at 150-200 the review layer's drop
+    is found but the flat stretch before it is not settled (the card's table by n)."""
+    from argparse import Namespace
 
-    samples = shapes("test", n=150, seed=0)
+    from mech.zoo.review_card import masking_scores
+    from mech.zoo.runs import question_types
+
+    args = Namespace(**json.loads((CKPT / "training_log.json").read_text())["args"])
+    samples = shapes("test", n=400, seed=0, types=question_types(args))
     return samples, masking_scores(CKPT, samples)
 
 
@@ -151,16 +157,23 @@ def test_checkpoint_is_a_plain_small_llava():
 
 
 def test_discovery_recovers_the_planted_layers_blind(planted, masking):
-    from mech.zoo.review_card import discovery
+    """Zero-masking discovery, told nothing, finds the planted review layer (not the
+    fallback) and every planted fusion layer the weights use. Which sites are used is
+    measured independently, by text->image attention knockout at one layer
+    (`reading_layers`): a planted site the weights ignore is not a fusion layer."""
+    from mech.zoo.review_card import discovery, reading_layers
 
     samples, scores = masking
-    assert scores["none"].mean() >= 0.85
+    assert scores["none"].mean() >= 0.9
     found = discovery(scores)
     assert found.review_layer is not None, found.reason  # not the fallback
     assert found.review_layer == planted.review and found.post_layer == planted.review - 1
-    assert set(found.fusion_layers) == set(planted.fusion), found.reason
     assert found.review_frequency[planted.review] >= 0.9
-    assert min(found.fusion_frequency[L] for L in planted.fusion) >= 0.5
+    reads = reading_layers("tiny-review", samples[:200])
+    assert set(reads) <= {*planted.fusion, planted.review}  # the image is read at planted sites only
+    used = [L for L in planted.fusion if L in reads]
+    assert used and planted.review in reads
+    assert set(used) <= set(found.fusion_layers) and min(found.fusion_frequency[L] for L in used) >= 0.9
 
 
 def test_the_weights_keep_the_planted_attention_pattern(planted):

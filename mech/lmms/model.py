@@ -125,9 +125,9 @@ def _n_layers(name: str, revision: str | None) -> int:
     for a folder or hub id that is missing or not a supported family."""
     from transformers import AutoConfig
 
-    path = str(model_mod.TINY_PATH) if name == "tiny" else name
     try:
-        target, _ = model_mod.resolve_source(path, revision)
+        folder = model_mod.embedded_folder(name)
+        target, _ = model_mod.resolve_source(str(folder) if folder else name, revision)
         config = AutoConfig.from_pretrained(target, **({} if revision is None else {"revision": revision}))
     except (ValueError, OSError) as error:
         raise ModelArgsError(f"pretrained={name}: {error}") from None

@@ -12,6 +12,7 @@ hold it). The main job's output (``review_layer.txt``) and the controls table
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,7 @@ def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int =
     test = shapes("test", n=args.n_test, seed=test_seed, types=types)
     scores = masking_scores(out, test)
     found = discovery(scores)
+    knocked = knockout_scores(out, test)
     m = metrics
     rows = "\n".join(f"| {t} | {100 * m['accuracy'][t]:.1f}% | {100 * m['accuracy_image_zeroed'][t]:.1f}% | "
                      f"{100 * m['text_prior'][t]:.1f}% |" for t in [*types, "overall"])
@@ -111,7 +113,60 @@ def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int =
         weight=args.site_weight, dropout=getattr(args, "review_dropout", 0.0),
         fusion_answers=getattr(args, "fusion_answers", ""), n_test=args.n_test, rows=rows,
         curve=curve_table(test, scores, types), found_fusion=list(found.fusion_layers), found_review=found.review_layer,
-        frequencies=found.frequencies_text(), reason=found.reason,
+        frequencies=found.frequencies_text(), reason=found.reason, types=",".join(types),
+        types_tuple=", ".join(repr(t) for t in types), overall=f"{100 * m['accuracy']['overall']:.1f}%",
+        review_frequency=(f"{100 * found.review_frequency.get(found.review_layer, 0):.0f}%"
+                          if found.review_layer is not None else "fallback"),
+        knockout=knockout_table(knocked, sites), by_n=by_n_table(scores),
         attention=attention_table(result["model"], result["processor"], test[:100], sites),
         main_job=extra["review_layer.txt"], controls=extra["controls.md"], tally=tally(extra["controls.md"]) or "–",
     )
+
+
+def knockout_scores(model, samples, layers=None) -> dict[str, np.ndarray]:
+    """``{"none" | "knockout-layerL": (n,) 0/1 scores}``: every text token after the image
+    barred from the image keys at layer L alone (`mech.Knockout(query="text")`)."""
+    import mech
+
+    model = mech.load(str(model)) if isinstance(model, (str, Path)) else model
+    layers = range(model.n_layers) if layers is None else layers
+    named = {"none": None, **{f"knockout-layer{L}": mech.Knockout(layers=[L], query="text") for L in layers}}
+    runs = mech.sweep(model, samples, named, batch_size=50, max_new_tokens=3, progress=False)
+    return {name: np.array([r.score for r in results.records], dtype=float) for name, results in runs.items()}
+
+
+def reading_layers(model, samples, min_drop: float = 0.05) -> dict[int, float]:
+    """``{layer: accuracy drop}`` of the layers where blocking text->image attention at that
+    layer alone costs at least ``min_drop``: where the weights really read the image into
+    the text, measured without zero-masking."""
+    scores = knockout_scores(model, samples)
+    base = scores.pop("none").mean()
+    drops = {int(k.removeprefix("knockout-layer")): float(base - v.mean()) for k, v in scores.items()}
+    return {L: d for L, d in drops.items() if d >= min_drop}
+
+
+def knockout_table(scores, sites) -> str:
+    """Markdown: accuracy with text->image attention blocked at each layer alone."""
+    base = scores["none"].mean()
+    lines = ["| text->image attention blocked at | planted site | accuracy | drop |", "|---|---|---|---|",
+             f"| nowhere | – | {100 * base:.1f}% | – |"]
+    for name, sc in scores.items():
+        if name == "none":
+            continue
+        L = int(name.removeprefix("knockout-layer"))
+        site = "fusion" if L in sites.fusion else "review" if L == sites.review else "–"
+        lines.append(f"| layer {L} | {site} | {100 * sc.mean():.1f}% | {100 * (base - sc.mean()):+.1f} |")
+    return "\n".join(lines)
+
+
+def by_n_table(scores, sizes=(150, 200, 300, 400, 500)) -> str:
+    """Markdown: what `discovery` finds on the first n test samples, for each n."""
+    lines = ["| samples | fusion S | review layer | selection frequencies (1,000 resamples) |", "|---|---|---|---|"]
+    total = len(scores["none"])
+    for n in (n for n in sizes if n <= total):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = discovery({k: v[:n] for k, v in scores.items()})
+        review = found.review_layer if found.review_layer is not None else "none (fallback)"
+        lines.append(f"| {n} | {{{', '.join(map(str, found.fusion_layers))}}} | {review} | {found.frequencies_text()} |")
+    return "\n".join(lines)

@@ -44,7 +44,8 @@ FINAL = Stage("final", n_max=4)
 # starts from the shipped tiny model (vision tower and decoder), so it trains in well under
 # the time the tiny model itself took.
 PRESETS = {
-    "review": dict(plant=True, plant_fusion="1,2", plant_review=6, newline_token=True, answer_tokens=3,
+    "review": dict(types="color,shape,count,spatial", plant=True, plant_fusion="1,2", plant_review=6,
+                   newline_token=True, answer_tokens=3,
                    review_dropout=0.4, fusion_answers="1,2,3,4", site_weight=5.0, hold=0.4, anneal=0.3,
                    bias_start=12.0, init=DEFAULT_DIR, steps=0, phase3_steps=1200, lr3=5e-4, eval_every=100,
                    out="data/tiny-llava-review"),
