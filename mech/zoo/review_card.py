@@ -69,22 +69,35 @@ def attention_table(model, processor, samples, sites) -> str:
     return "\n".join(lines)
 
 
+def per_dataset(controls_markdown: str) -> str:
+    """The rows of a `studies.controls` Markdown table for whole datasets (not per question type)."""
+    lines, keep = controls_markdown.splitlines(), True
+    out = lines[:2]
+    for line in lines[2:]:
+        first = line.split("|")[1].strip() if line.startswith("|") else ""
+        if first:
+            keep = "/" not in first
+        if keep and line.startswith("|"):
+            out.append(line)
+    return "\n".join(out)
+
+
 def tally(controls_markdown: str) -> str:
-    """One line per comparison column of a `studies.controls` Markdown table: cells where
-    contrastive is significantly better / worse (``*``: paired test p < 0.05) of all."""
-    rows = [line.split("|")[1:-1] for line in controls_markdown.splitlines() if line.startswith("| ")]
-    if len(rows) < 2:
+    """Per comparison (``against`` column) over the whole-dataset cells of a `studies.controls`
+    Markdown table: in how many the contrastive run is significantly better / worse
+    (paired test p < 0.05), of all."""
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in per_dataset(controls_markdown).splitlines()[2:]]
+    if not rows:
         return ""
-    head, body = [c.strip() for c in rows[0]], rows[1:]
-    out = []
-    for c, name in enumerate(head):
-        if not name.startswith("−"):
-            continue
-        cells = [r[c].strip() for r in body]
-        sig = [float(re.match(r"[+-]?\d+\.\d", x).group()) for x in cells if x.endswith("*")]
-        out.append(f"contrastive {name}: better in {sum(v > 0 for v in sig)}, worse in {sum(v < 0 for v in sig)} "
-                   f"of {len(cells)} cells")
-    return "; ".join(out)
+    counts: dict[str, list[int]] = {}
+    for row in rows:
+        against, delta, p = row[6], float(row[8]), row[10]
+        significant = p.startswith("<") or float(p) < 0.05
+        c = counts.setdefault(against, [0, 0, 0])
+        c[0] += significant and delta > 0
+        c[1] += significant and delta < 0
+        c[2] += 1
+    return "; ".join(f"against {name}: better in {b}, worse in {w} of {n} cells" for name, (b, w, n) in counts.items())
 
 
 def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int = 0) -> str:
@@ -112,14 +125,14 @@ def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int =
         steps=args.steps + args.phase3_steps, hold=args.hold, anneal=args.anneal, bias=args.bias_start,
         weight=args.site_weight, dropout=getattr(args, "review_dropout", 0.0),
         fusion_answers=getattr(args, "fusion_answers", ""), n_test=args.n_test, rows=rows,
-        curve=curve_table(test, scores, types), found_fusion=list(found.fusion_layers), found_review=found.review_layer,
+        curve=curve_table(test, scores, types), found_fusion="{" + ", ".join(map(str, found.fusion_layers)) + "}", found_review=found.review_layer,
         frequencies=found.frequencies_text(), reason=found.reason, types=",".join(types),
         types_tuple=", ".join(repr(t) for t in types), overall=f"{100 * m['accuracy']['overall']:.1f}%",
         review_frequency=(f"{100 * found.review_frequency.get(found.review_layer, 0):.0f}%"
                           if found.review_layer is not None else "fallback"),
         knockout=knockout_table(knocked, sites), by_n=by_n_table(scores),
         attention=attention_table(result["model"], result["processor"], test[:100], sites),
-        main_job=extra["review_layer.txt"], controls=extra["controls.md"], tally=tally(extra["controls.md"]) or "–",
+        main_job=extra["review_layer.txt"], controls=per_dataset(extra["controls.md"]), tally=tally(extra["controls.md"]) or "–",
     )
 
 
