@@ -15,7 +15,7 @@ def require_served(model_id: str, revision: str | None = None) -> None:
     import nnsight
 
     if model_id in ("tiny", "tiny-review"):
-        raise ValueError(f"the embedded model {model_id!r} is not served by NDIF; use remote='local' (the "
+        raise ValueError(f"the embedded tiny model {model_id!r} is not served by NDIF; use remote='local' (the "
                          "serialisation dry run) with it, or a served model id such as "
                          "llava-hf/llava-1.5-7b-hf")
     if not nnsight.is_model_running(model_id, revision=revision or "main"):

@@ -33,7 +33,8 @@ def test_unserved_model_gets_a_clear_message(monkeypatch):
     monkeypatch.setattr(nnsight, "is_model_running", lambda *a, **k: False)
     with pytest.raises(ValueError, match="NDIF does not serve 'llava-hf/not-a-model'.*nnsight.status"):
         mech.remote.require_served("llava-hf/not-a-model")
-    with pytest.raises(ValueError, match="tiny model is not served by NDIF"):
-        mech.remote.require_served("tiny")
+    for embedded in ("tiny", "tiny-review"):
+        with pytest.raises(ValueError, match=f"tiny model '{embedded}' is not served by NDIF"):
+            mech.remote.require_served(embedded)
     monkeypatch.setattr(nnsight, "is_model_running", lambda *a, **k: True)
     mech.remote.require_served("llava-hf/llava-1.5-7b-hf")  # served: no error
