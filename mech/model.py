@@ -24,19 +24,13 @@ import torch
 from . import grid, hub, templates
 from .batch import Batch
 from .families import FAMILIES, MODEL_TYPES, Family, family_of, supported  # noqa: F401
-from .model_files import RANDOM, check_revision, check_weights
+from .model_files import EMBEDDED, RANDOM, check_revision, check_weights
 from .positions import question_mask
 
 # MECH_TINY_PATH points "tiny" at another checkpoint (e.g. one retrained elsewhere).
 TINY_PATH = Path(os.environ.get("MECH_TINY_PATH", Path(__file__).resolve().parent.parent / "data" / "tiny-llava-shapes"))
 # "tiny-review": the ground-truth tiny model with planted fusion and review layers.
 TINY_REVIEW_PATH = Path(__file__).resolve().parent.parent / "data" / "tiny-llava-review"
-# The models the repository ships, by the name `load` takes: (the module global holding its
-# folder, read when used so that a changed TINY_PATH counts; what it is; how to retrain it).
-EMBEDDED = {
-    "tiny": ("TINY_PATH", "the embedded tiny model", "python -m mech.zoo.train"),
-    "tiny-review": ("TINY_REVIEW_PATH", "the ground-truth tiny model", "python -m mech.zoo.train --preset review"),
-}
 
 
 def embedded_folder(name: str) -> Path | None:
@@ -94,8 +88,12 @@ def _hub_config(name: str, revision: str | None) -> dict:
 
 
 def resolve_source(name: str, revision: str | None = None) -> tuple[str, Family]:
-    """What ``from_pretrained`` gets for ``name`` (a folder or a hub id), and its family,
-    after checking, before any weights load, that it exists and holds a supported model."""
+    """What ``from_pretrained`` gets for ``name`` (a shipped model's name, a folder or a hub
+    id), and its family, after checking, before any weights load, that it exists and holds
+    a supported model."""
+    folder = embedded_folder(name)
+    if folder is not None:
+        name, revision = str(folder), None
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -358,8 +356,7 @@ def load(source: Any = "tiny", *, processor=None, template: str | None = None,
         model = load(module, processor=processor or random_processor, template=template)
         model.source = name
         return model
-    folder = embedded_folder(name)
-    target, family = resolve_source(str(folder)) if folder else resolve_source(name, revision)
+    target, family = resolve_source(name, revision)
     options = dict(kwargs, attn_implementation=attn_implementation or "sdpa")
     if revision is not None:
         options["revision"] = revision

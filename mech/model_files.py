@@ -9,9 +9,16 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["check_weights", "check_revision", "local_kind", "RANDOM"]
+__all__ = ["check_weights", "check_revision", "local_kind", "RANDOM", "EMBEDDED"]
 
 RANDOM = "random:"  # mech.load("random:qwen2-vl"): a tiny random model of that family
+# The models the repository ships, by the name `mech.load` takes: (the `mech.model` global
+# holding its folder, read when used so that a changed TINY_PATH counts; what it is; how to
+# retrain it).
+EMBEDDED = {
+    "tiny": ("TINY_PATH", "the embedded tiny model", "python -m mech.zoo.train"),
+    "tiny-review": ("TINY_REVIEW_PATH", "the ground-truth tiny model", "python -m mech.zoo.train --preset review"),
+}
 
 
 def check_weights(folder: Path) -> None:
@@ -55,7 +62,7 @@ def local_kind(source) -> str | None:
     if not isinstance(source, (str, os.PathLike)):
         return "a built module"
     name = str(source)
-    return ("the embedded model" if name in ("tiny", "tiny-review") else "a random model" if name.startswith(RANDOM)
+    return ("the embedded model" if name in EMBEDDED else "a random model" if name.startswith(RANDOM)
             else "a local folder" if Path(name).expanduser().exists() else None)
 
 

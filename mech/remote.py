@@ -14,7 +14,9 @@ def require_served(model_id: str, revision: str | None = None) -> None:
     """Raise ``ValueError`` unless NDIF is reachable and runs ``model_id`` now."""
     import nnsight
 
-    if model_id in ("tiny", "tiny-review"):
+    from .model_files import EMBEDDED
+
+    if model_id in EMBEDDED:
         raise ValueError(f"the embedded tiny model {model_id!r} is not served by NDIF; use remote='local' (the "
                          "serialisation dry run) with it, or a served model id such as "
                          "llava-hf/llava-1.5-7b-hf")

@@ -65,14 +65,13 @@ def check_out(out: Path) -> None:
 def check_model_source(args) -> None:
     """The model ``--model`` names exists and is supported, and its weight files are whole,
     before the samples load (cheap: config and file headers, no weights)."""
-    from mech.model import EMBEDDED, embedded_folder, resolve_source
+    from mech.model import resolve_source
     from mech.model_files import RANDOM
 
     if args.model.startswith(RANDOM):
         return  # nothing on disk to check
     try:
-        folder = embedded_folder(args.model)
-        resolve_source(str(folder) if args.model in EMBEDDED else args.model, args.revision)
+        resolve_source(args.model, args.revision)
     except (ValueError, OSError, ImportError) as error:
         raise UsageError(f"--model {args.model}: {error}") from None
 
@@ -126,7 +125,7 @@ def sources(args, names=None) -> dict[str, str]:
 def question_types(args) -> tuple[str, ...] | None:
     """``--question-types`` as a tuple (None: each shapes set's default types); refused
     unless every dataset is a shapes set."""
-    from mech.datasets.shapes import EXTRA_TYPES, QUESTION_TYPES
+    from mech.datasets.shapes import EXTRA_TYPES, QUESTION_TYPES, is_shapes_set
 
     text = getattr(args, "question_types", None)
     if text is None:
@@ -137,7 +136,7 @@ def question_types(args) -> tuple[str, ...] | None:
     if not types or unknown:
         raise UsageError(f"--question-types {text}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; "
                          f"use some of {', '.join(known)}, e.g. --question-types color,shape")
-    other = [n for n in dataset_names(args) if not (n == "shapes" or n.startswith("shapes-"))]
+    other = [n for n in dataset_names(args) if not is_shapes_set(n)]
     if other:
         raise UsageError(f"--question-types {text}: only the shapes sets have question types, not "
                          f"{', '.join(other)}; drop it or give --datasets shapes,shapes-dots")

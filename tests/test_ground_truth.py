@@ -124,27 +124,30 @@ def test_training_ablation_is_the_toolkits_zero_mask(random_tiny):
 # --- the shipped ground-truth checkpoint ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def planted():
-    """The planted design, as the checkpoint's training run recorded it."""
+def trained():
+    """The options of the checkpoint's training run, as it recorded them."""
     from argparse import Namespace
 
-    from mech.zoo.runs import planted_sites
-
-    return planted_sites(Namespace(**json.loads((CKPT / "training_log.json").read_text())["args"]))
+    return Namespace(**json.loads((CKPT / "training_log.json").read_text())["args"])
 
 
 @pytest.fixture(scope="module")
-def masking(planted):
+def planted(trained):
+    """The planted design of the checkpoint."""
+    from mech.zoo.runs import planted_sites
+
+    return planted_sites(trained)
+
+
+@pytest.fixture(scope="module")
+def masking(trained):
     """Zero-masking scores at every layer on 400 clean test samples of the question types
     the model was trained on (the toolkit's sweep). 400: at 150-200 the review layer's drop
     is found but the flat stretch before it is not settled (the card's table by n)."""
-    from argparse import Namespace
-
     from mech.zoo.review_card import masking_scores
     from mech.zoo.runs import question_types
 
-    args = Namespace(**json.loads((CKPT / "training_log.json").read_text())["args"])
-    samples = shapes("test", n=400, seed=0, types=question_types(args))
+    samples = shapes("test", n=400, seed=0, types=question_types(trained))
     return samples, masking_scores(CKPT, samples)
 
 

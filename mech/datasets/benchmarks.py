@@ -23,7 +23,7 @@ from .easyvqa import easyvqa
 from .hub_copies import hf_entries, hf_image_getter, open_hub_checked
 from .official import OFFICIAL
 from .sample import Sample, check_samples
-from .shapes import shapes
+from .shapes import is_shapes_set, shapes
 
 __all__ = ["load", "register", "DATASETS", "Benchmark", "BenchmarkInfo", "HF_ORGS"]
 
@@ -134,8 +134,7 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
     several GB) even when ``limit`` is small; ``cache_dir`` is passed through.
     """
     info = _info(name)
-    is_shapes = name == "shapes" or name.startswith("shapes-")
-    if types is not None and not is_shapes:
+    if types is not None and not is_shapes_set(name):
         raise ValueError(f"{name}: types= selects question types of the generated shapes sets only")
     if name in _LOADERS:
         if split is not None or source is not None:
@@ -143,7 +142,7 @@ def load(name: str, *, split: str | None = None, source: str | os.PathLike | Non
         return _LOADERS[name](name, limit=limit, seed=seed)
     if name == "easyvqa":
         return easyvqa(split or info.split, limit, seed)
-    if is_shapes:
+    if is_shapes_set(name):
         if limit is None:
             raise ValueError(f"{name} is generated: pass limit=N for the number of samples")
         kinds = {} if types is None else {"types": tuple(types)}

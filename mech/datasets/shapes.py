@@ -198,6 +198,11 @@ def add_clutter(image: Image.Image, scene: Scene, kind: str, rng: np.random.Gene
     return image
 
 
+def is_shapes_set(name: str) -> bool:
+    """Whether dataset ``name`` is one of the generated shapes sets (``shapes``, ``shapes-<clutter>``)."""
+    return name == "shapes" or name.startswith("shapes-")
+
+
 def shapes(split: str = "test", n: int = 300, seed: int = 0, clutter: str | None = None,
            types: tuple[str, ...] = QUESTION_TYPES) -> list[Sample]:
     """``n`` shapes-VQA samples of ``split``, question types cycling through

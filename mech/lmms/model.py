@@ -126,8 +126,7 @@ def _n_layers(name: str, revision: str | None) -> int:
     from transformers import AutoConfig
 
     try:
-        folder = model_mod.embedded_folder(name)
-        target, _ = model_mod.resolve_source(str(folder) if folder else name, revision)
+        target, _ = model_mod.resolve_source(name, revision)
         config = AutoConfig.from_pretrained(target, **({} if revision is None else {"revision": revision}))
     except (ValueError, OSError) as error:
         raise ModelArgsError(f"pretrained={name}: {error}") from None

@@ -11,7 +11,6 @@ hold it). The main job's output (``review_layer.txt``) and the controls table
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -20,14 +19,31 @@ import numpy as np
 from .runs import planted_sites
 
 
-def masking_scores(out, samples) -> dict[str, np.ndarray]:
-    """``{"none" | "zero-layerL": (n,) 0/1 scores}`` of the checkpoint in ``out`` on ``samples``."""
+def _scores(model, samples, per_layer, prefix: str, **options) -> dict[str, np.ndarray]:
+    """``{"none" | "<prefix>L": (n,) 0/1 scores}``: one `mech.sweep` of ``per_layer(L)`` at
+    every layer beside the plain model; ``model`` a `mech.Model` or a checkpoint folder."""
     import mech
 
-    model = mech.load(str(out))
-    named = {"none": None, **{f"zero-layer{l}": mech.ZeroImage(layer=l) for l in range(model.n_layers)}}
-    runs = mech.sweep(model, samples, named, fast=True, batch_size=50, max_new_tokens=3, progress=False)
+    model = mech.load(str(model)) if isinstance(model, (str, Path)) else model
+    named = {"none": None, **{f"{prefix}{L}": per_layer(L) for L in range(model.n_layers)}}
+    runs = mech.sweep(model, samples, named, batch_size=50, max_new_tokens=3, progress=False, **options)
     return {name: np.array([r.score for r in results.records], dtype=float) for name, results in runs.items()}
+
+
+def masking_scores(model, samples) -> dict[str, np.ndarray]:
+    """``{"none" | "zero-layerL": (n,) 0/1 scores}``: the image tokens zeroed at the input of
+    each layer (`mech.ZeroImage`, the shared-prefill sweep)."""
+    import mech
+
+    return _scores(model, samples, lambda L: mech.ZeroImage(layer=L), "zero-layer", fast=True)
+
+
+def knockout_scores(model, samples) -> dict[str, np.ndarray]:
+    """``{"none" | "knockout-layerL": (n,) 0/1 scores}``: every text token after the image
+    barred from the image keys at layer L alone (`mech.Knockout(query="text")`)."""
+    import mech
+
+    return _scores(model, samples, lambda L: mech.Knockout(layers=[L], query="text"), "knockout-layer")
 
 
 def curve_table(samples, scores, types) -> str:
@@ -107,9 +123,12 @@ def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int =
 
     out, sites = Path(args.out), planted_sites(args)
     test = shapes("test", n=args.n_test, seed=test_seed, types=types)
-    scores = masking_scores(out, test)
+    import mech
+
+    model = mech.load(str(out))  # once, for both sweeps
+    scores = masking_scores(model, test)
     found = discovery(scores)
-    knocked = knockout_scores(out, test)
+    knocked = knockout_scores(model, test)
     m = metrics
     rows = "\n".join(f"| {t} | {100 * m['accuracy'][t]:.1f}% | {100 * m['accuracy_image_zeroed'][t]:.1f}% | "
                      f"{100 * m['text_prior'][t]:.1f}% |" for t in [*types, "overall"])
@@ -134,18 +153,6 @@ def write_text(args, result, metrics, n_params, size_mb, types, test_seed: int =
         attention=attention_table(result["model"], result["processor"], test[:100], sites),
         main_job=extra["review_layer.txt"], controls=per_dataset(extra["controls.md"]), tally=tally(extra["controls.md"]) or "–",
     )
-
-
-def knockout_scores(model, samples, layers=None) -> dict[str, np.ndarray]:
-    """``{"none" | "knockout-layerL": (n,) 0/1 scores}``: every text token after the image
-    barred from the image keys at layer L alone (`mech.Knockout(query="text")`)."""
-    import mech
-
-    model = mech.load(str(model)) if isinstance(model, (str, Path)) else model
-    layers = range(model.n_layers) if layers is None else layers
-    named = {"none": None, **{f"knockout-layer{L}": mech.Knockout(layers=[L], query="text") for L in layers}}
-    runs = mech.sweep(model, samples, named, batch_size=50, max_new_tokens=3, progress=False)
-    return {name: np.array([r.score for r in results.records], dtype=float) for name, results in runs.items()}
 
 
 def reading_layers(model, samples, min_drop: float = 0.05) -> dict[int, float]:
